@@ -1,0 +1,169 @@
+"""Pins the optimizer semantics of DESIGN.md section 4 with hand-checkable cases."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from sam_lab.optim import SAM, SGD
+
+
+def quad_problem(seed=0, n=5):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen)
+    A = a @ a.T + n * torch.eye(n)
+    b = torch.randn(n, generator=gen)
+    w = nn.Parameter(torch.randn(n, generator=gen))
+    return A, b, w
+
+
+def quad_closure(opt, A, b, w, log=None):
+    def closure():
+        opt.zero_grad()
+        if log is not None:
+            log.append(w.detach().clone())
+        loss = 0.5 * w @ A @ w - b @ w
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def small_net(seed=0, bn=False):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 8)] + ([nn.BatchNorm1d(8)] if bn else []) + [nn.ReLU(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers)
+
+
+def batch(seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+
+
+def net_closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_equals_torch_sgd(nesterov):
+    m1, m2 = small_net(), small_net()
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    o1, o2 = SGD(m1.parameters(), **kw), torch.optim.SGD(m2.parameters(), **kw)
+    for s in range(4):
+        x, y = batch(s)
+        o1.step(net_closure(o1, m1, x, y))
+        o2.step(net_closure(o2, m2, x, y))
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_sam_rho0_equals_sgd(bn):
+    m1, m2 = small_net(bn=bn), small_net(bn=bn)
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    o1, o2 = SAM(m1.parameters(), rho=0.0, **kw), SGD(m2.parameters(), **kw)
+    o1.watch_bn(m1)
+    for s in range(3):
+        x, y = batch(s)
+        o1.step(net_closure(o1, m1, x, y))
+        o2.step(net_closure(o2, m2, x, y))
+    for p, q in zip(m1.state_dict().values(), m2.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_sam_two_steps_on_quadratic_match_closed_form():
+    A, b, w = quad_problem()
+    lr, mom, wd, rho = 0.05, 0.9, 0.01, 0.3
+    opt = SAM([w], lr=lr, momentum=mom, weight_decay=wd, rho=rho)
+    seen = []
+    x = w.detach().clone()
+    buf = None
+    for _ in range(2):
+        g = A @ x - b
+        e = rho * g / g.norm()
+        g_s = A @ (x + e) - b  # weight decay is not part of g or g_s
+        d = g_s + wd * x
+        buf = d if buf is None else mom * buf + d
+        expect_points = [x.clone(), x + e]
+        x = x - lr * buf
+        opt.step(quad_closure(opt, A, b, w, seen))
+        torch.testing.assert_close(seen[-2], expect_points[0])
+        torch.testing.assert_close(seen[-1], expect_points[1])  # a wrong sign or norm shows here
+        torch.testing.assert_close(w.detach(), x)  # ...and a missing restore here
+
+
+def test_asam_step_matches_closed_form():
+    A, b, w = quad_problem(3)
+    lr, rho, eta = 0.1, 0.5, 0.01
+    opt = SAM([w], lr=lr, momentum=0.0, rho=rho, adaptive=True, eta=eta)
+    x = w.detach().clone()
+    g = A @ x - b
+    t = x.abs() + eta
+    e = rho * t * t * g / (t * g).norm()
+    expect = x - lr * (A @ (x + e) - b)
+    opt.step(quad_closure(opt, A, b, w))
+    torch.testing.assert_close(w.detach(), expect)
+
+
+def test_second_pass_leaves_batchnorm_buffers_unchanged():
+    model, ref = small_net(bn=True), small_net(bn=True)
+    opt = SAM(model.parameters(), lr=0.1, rho=0.5)
+    opt.watch_bn(model)
+    x, y = batch()
+    opt.step(net_closure(opt, model, x, y))
+    ref.train()
+    ref(x)  # exactly one update of the running statistics, at the clean weights
+    bn, bn_ref = model[1], ref[1]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=0, atol=0)
+    assert int(bn.num_batches_tracked) == 1
+    assert bn.track_running_stats
+
+
+def test_bn_second_pass_update_updates_twice():
+    model = small_net(bn=True)
+    opt = SAM(model.parameters(), lr=0.1, rho=0.5, bn_second_pass="update")
+    opt.watch_bn(model)
+    x, y = batch()
+    opt.step(net_closure(opt, model, x, y))
+    assert int(model[1].num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("cls,kw", [(SGD, {}), (SAM, {"rho": 0.1}), (SAM, {"rho": 0.1, "adaptive": True})])
+def test_state_dict_round_trip_steps_identically(cls, kw):
+    model = small_net()
+    opt = cls(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, **kw)
+    for s in range(2):
+        opt.step(net_closure(opt, model, *batch(s)))
+    clone = copy.deepcopy(model)
+    opt2 = cls(clone.parameters(), lr=0.5, momentum=0.0, **kw)  # wrong hyper-parameters, fixed by loading
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for s in range(2, 4):
+        opt.step(net_closure(opt, model, *batch(s)))
+        opt2.step(net_closure(opt2, clone, *batch(s)))
+    for p, q in zip(model.parameters(), clone.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_sam_requires_closure_and_rejects_bad_values():
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(RuntimeError, match="closure"):
+        SAM([w], lr=0.1).step()
+    with pytest.raises(ValueError, match="rho"):
+        SAM([w], lr=0.1, rho=-1.0)
+
+
+def test_sam_keeps_one_extra_buffer_and_exact_restore():
+    A, b, w = quad_problem(5)
+    opt = SAM([w], lr=0.0, momentum=0.0, rho=0.2)
+    before = w.detach().clone()
+    opt.step(quad_closure(opt, A, b, w))
+    assert torch.equal(w.detach(), before)  # lr 0: weights back at w bit for bit
+    assert len(opt._w) == 1 and "momentum_buffer" not in opt.state[w]
