@@ -1,0 +1,155 @@
+"""Where metrics go: always the run directory (metrics.jsonl, summary.json), plus W&B when `logger=wandb`.
+
+W&B must never hang or crash training: with no API key, an unreachable server or any error at start-up
+the logger warns and falls back to offline mode (files under the run directory), then to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep the fact visible
+    return v
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+class NoLogger:
+    """`logger=none`: only the local files."""
+
+    run_id: str | None = None
+
+    def start(self, config: dict, run_dir: Path, name: str, run_id: str | None = None) -> None:
+        pass
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        pass
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger(NoLogger):
+    """One W&B run per training run (also per job of an in-process multirun)."""
+
+    def __init__(
+        self,
+        project: str = "sam_lab",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        mode: str | None = None,
+        init_timeout: float = 20.0,
+    ) -> None:
+        self.project, self.entity, self.group, self.tags = project, entity, group, list(tags or [])
+        self.mode, self.init_timeout = mode, init_timeout
+        self.run = None
+
+    def start(self, config: dict, run_dir: Path, name: str, run_id: str | None = None) -> None:
+        try:
+            import wandb
+        except ImportError:
+            warnings.warn("wandb is not installed: logging to local files only", stacklevel=2)
+            return
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        if mode == "online" and not _has_wandb_key():
+            warnings.warn(
+                "W&B: no API key (set WANDB_API_KEY or run `wandb login`): logging offline to "
+                f"{run_dir / 'wandb'}; upload later with `wandb sync`",
+                stacklevel=2,
+            )
+            mode = "offline"
+        for attempt in (mode, "offline"):
+            try:
+                self.run = wandb.init(
+                    project=self.project,
+                    entity=self.entity,
+                    group=self.group,
+                    tags=self.tags,
+                    name=name,
+                    config=config,
+                    dir=str(run_dir),
+                    mode=attempt,
+                    id=run_id,
+                    resume="allow" if run_id else None,
+                    reinit="create_new",
+                    settings=wandb.Settings(init_timeout=self.init_timeout, console="off"),
+                )
+                self.run_id = self.run.id
+                return
+            except Exception as err:  # noqa: BLE001 - any W&B failure must not stop training
+                warnings.warn(
+                    f"W&B {attempt} start failed ({type(err).__name__}: {err}); "
+                    + ("trying offline" if attempt != "offline" else "logging to local files only"),
+                    stacklevel=2,
+                )
+                if attempt == "offline":
+                    break
+        self.run = None
+
+    def _safe(self, fn, *args, **kwargs) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"W&B call failed ({type(err).__name__}: {err}); continuing", stacklevel=3)
+
+    def log(self, metrics: dict, step: int) -> None:
+        self._safe(lambda: self.run.log({k: _jsonable(v) for k, v in metrics.items()}, step=step))
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        import wandb
+
+        self._safe(lambda: self.run.log({key: wandb.Image(str(path))}, step=step))
+
+    def summary(self, values: dict) -> None:
+        self._safe(lambda: self.run.summary.update({k: _jsonable(v) for k, v in values.items()}))
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._safe(lambda: self.run.finish(exit_code=exit_code))
+        self.run = None

@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose_cfg(overrides: list[str]):
+    """The config `python -m sam_lab.train <overrides>` would run with, for in-process tests."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def cli(
+    args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run `python -m sam_lab.train ARGS` exactly as a user would."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    for key in unset:
+        full_env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, "-m", "sam_lab.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+TINY = [
+    "data=synthetic",
+    "model.width=4",
+    "epochs=1",
+    "batch_size=64",
+    "logger=none",
+    "device=cpu",
+    "trainer.progress=off",
+]
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
