@@ -29,7 +29,9 @@ def cli(
     args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
     """Run `python -m sam_lab.train ARGS` exactly as a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    # PYTHONPATH: run this checkout's sam_lab even from another working directory
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath, **(env or {})}
     for key in unset:
         full_env.pop(key, None)
     return subprocess.run(
