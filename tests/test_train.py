@@ -153,3 +153,17 @@ def test_module_entry_runs_from_any_directory(tmp_path, tiny):
     res = cli([*tiny, f"hydra.run.dir={out}"], cwd=ROOT / "tests")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "summary.json").exists()
+
+
+def test_each_multirun_job_is_its_own_wandb_run(tmp_path, tiny):
+    """The basic launcher runs all jobs in one process: each must start and finish its own W&B run."""
+    sweep = tmp_path / "sweep"
+    res = cli(
+        ["-m", *tiny, "logger=wandb", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
+    assert len({r.name.rsplit("-", 1)[-1] for r in runs}) == 2  # two distinct run ids
