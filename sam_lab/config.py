@@ -6,12 +6,16 @@ wrong type is refused at composition with a message naming the key. `validate` a
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from hydra.utils import get_method
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class Device(str, Enum):
@@ -24,6 +28,11 @@ class Precision(str, Enum):
     auto = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
     bf16 = "bf16"
     fp32 = "fp32"
+
+
+class OnNonfinite(str, Enum):
+    stop = "stop"  # end the run with status "diverged", keeping the last good checkpoint
+    skip = "skip"  # undo the step (weights, buffers, optimizer state), go on; counted in train/skipped_steps
 
 
 class Progress(str, Enum):
@@ -41,6 +50,7 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     progress: Progress = Progress.auto
     checkpoint: bool = True  # write checkpoints/last.pt every epoch
+    on_nonfinite: OnNonfinite = OnNonfinite.stop  # what a NaN/inf training loss does (docs/reliability.md)
 
 
 @dataclass
@@ -59,7 +69,7 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     device: Device = Device.auto
-    resume: bool = False
+    resume: Any = "auto"  # true | false | auto (see sam_lab/rundir.py); Any because OmegaConf has no Union
     deterministic: bool = False
     data: Any = MISSING
     model: Any = MISSING
@@ -76,10 +86,15 @@ class ConfigError(ValueError):
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # `${pid:}` in the run directory pattern: two runs started in the same microsecond still differ. Cached,
+    # so a sweep directory keeps its name in submitit jobs (Hydra copies the resolver cache into each job).
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
 
 
 RANGES: dict[str, tuple[float, float | None, str]] = {
     # key: (lower bound, upper bound or None, how the bound applies)
+    "seed": (0, None, ">="),
     "rho": (0.0, None, ">="),
     "epochs": (1, None, ">="),
     "batch_size": (1, None, ">="),
@@ -89,13 +104,12 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "trainer.label_smoothing": (0.0, 1.0, "in"),
     "metrics.grad_stats_every": (0, None, ">="),
     "metrics.probe_sam_every": (0, None, ">="),
+    "model.width": (1, None, ">="),
 }
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks on the composed config; raises ConfigError naming the key."""
-    from omegaconf import OmegaConf
-
     for key, (lo, hi, kind) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is None:
@@ -110,3 +124,39 @@ def validate(cfg: DictConfig) -> None:
     val_size = OmegaConf.select(cfg, "data.val_size")
     if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
         raise ConfigError(f"data.val_size={val_size} is out of range: must be an integer >= 0")
+    resume = cfg.get("resume")
+    if not (isinstance(resume, bool) or resume == "auto"):
+        raise ConfigError(f"resume={resume} is not allowed: must be true, false or auto")
+    check_keys(cfg)
+
+
+# Groups whose keys are the keyword arguments of their `_target_` (the first positional argument of a
+# `_partial_` target, e.g. the optimizer's params, is supplied by the trainer).
+TARGET_GROUPS = ("data", "model", "optimizer", "scheduler", "logger")
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse keys that nothing reads: `+typo=1` at the top level or in `trainer`/`metrics` (Hydra lets `+`
+    append to a structured config), and `+model.typo=1` in a group whose target has no such argument."""
+    schema = {"": TrainConfig, "trainer.": TrainerConfig, "metrics.": MetricsConfig}
+    for prefix, cls in schema.items():
+        node = cfg if not prefix else cfg.get(prefix[:-1]) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(node) - known - {"hydra"})
+        if unknown:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"unknown key {prefix}{unknown[0]}: not in the schema (allowed: {allowed})")
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        try:
+            params = inspect.signature(get_method(node._target_)).parameters
+        except Exception:  # noqa: BLE001 - a target that cannot be imported: instantiate reports it
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue  # the target takes **kwargs: it decides itself
+        allowed = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        unknown = sorted(k for k in node if not k.startswith("_") and k not in allowed)
+        if unknown:
+            raise ConfigError(f"unknown key {group}.{unknown[0]}: {node._target_} takes {', '.join(allowed)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -22,16 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from sam_lab import faults
 from sam_lab.data import Batches, DataBundle
+from sam_lab.faults import Diverged, NonfiniteGuard, Preemption  # noqa: F401 (Diverged: re-exported)
 from sam_lab.logging import NoLogger, append_jsonl, read_jsonl, write_json_atomic
 from sam_lab.metrics.grad_stats import grad_stats
 
 PROGRESS_EVERY = 25
 log = logging.getLogger(__name__)
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class CheckpointMismatch(ValueError):
@@ -52,6 +49,8 @@ class Options:
     checkpoint: bool = True
     grad_stats_every: int = 10
     probe_sam_every: int = 0
+    on_nonfinite: str = "stop"  # "stop" | "skip" (sam_lab.faults.NonfiniteGuard)
+    config: dict = field(default_factory=dict)  # the resolved run config, stored in checkpoints
     extra_summary: dict = field(default_factory=dict)
 
 
@@ -75,6 +74,13 @@ class Sums:
         keys = list(self.sums)
         values = torch.stack([self.sums[k] for k in keys]) / torch.stack([self.counts[k] for k in keys])
         return dict(zip(keys, values.tolist()))  # one host sync for all of them
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.counts = {k: v.to(self.device) for k, v in state["counts"].items()}
 
 
 class Trainer:
@@ -115,6 +121,9 @@ class Trainer:
         self.elapsed = 0.0
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.guard = NonfiniteGuard(opts.on_nonfinite, len(self.train_batches), device)
+        self.preemption = Preemption()  # handlers are installed by `with trainer.preemption:` (train.run)
+        self.position: dict | None = None  # where a preempted epoch stopped, from its checkpoint
 
     # ---- one step -----------------------------------------------------------------------------------
     def autocast(self):
@@ -143,42 +152,56 @@ class Trainer:
 
         return closure
 
-    def train_step(self, x: Tensor, y: Tensor, step: int, sums: Sums) -> Tensor:
+    def train_step(self, x: Tensor, y: Tensor, step: int, sums: Sums, global_step: int = 0) -> Tensor:
         opt, every = self.optimizer, self.opts.grad_stats_every
         opt.capture = bool(every) and step % every == 0
+        self.guard.before_step(self.model, opt, sums)
         loss = opt.step(self.make_closure(x, y, sums))
         if opt.captured is not None:
             for k, v in grad_stats(**opt.captured).items():
                 sums.add(k, v)
             opt.captured, opt.capture = None, False
-        sums.add("nonfinite", (~torch.isfinite(loss.detach())).float())
+        self.guard.after_step(loss, global_step, self.model, opt, sums)
         self.scheduler.step()
         return loss
 
     # ---- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        sums = Sums(self.device)
-        batches = self.train_batches.epoch(epoch)
+        sums, start, lr = Sums(self.device), 0, self.optimizer.param_groups[0]["lr"]
+        if self.position is not None and self.position["epoch"] == epoch:  # continue a preempted epoch
+            start, lr = self.position["step"], self.position["lr"]
+            sums.load_state_dict(self.position["sums"])
+        self.position = None
+        batches = self.train_batches.epoch(epoch, start)  # the same batches as an uninterrupted epoch
         bar = tqdm(
             batches,
             total=len(self.train_batches),
+            initial=start,
             desc=f"epoch {epoch}",
             leave=False,
             disable=not self.opts.progress,
             dynamic_ncols=True,
         )
-        n_images, t0 = 0, time.perf_counter()
-        for step, (x, y) in enumerate(bar):
-            self.train_step(x, y, step, sums)
+        n_images, t0, spe = 0, time.perf_counter(), len(self.train_batches)
+        for step, (x, y) in enumerate(bar, start):
+            g = (epoch - 1) * spe + step + 1
+            self.train_step(x, y, step, sums, global_step=g)
             n_images += len(y)
+            faults.inject("step", g)
+            if self.preemption.requested:  # a step boundary: checkpoint the position and hand off
+                self.guard.check(self._last_checkpoint())  # never checkpoint diverged weights
+                position = {"epoch": epoch, "step": step + 1, "lr": lr, "sums": sums.state_dict()}
+                self.save_checkpoint(position, seconds=time.perf_counter() - t0)
+                self.preemption.handoff(f"at epoch {epoch}, step {step + 1}/{spe}")
             if self.opts.progress and step % PROGRESS_EVERY == 0:
                 m = sums.means()
                 bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/acc']:.3f}")
+                self.guard.check(self._last_checkpoint())
         means = sums.means()
         seconds = time.perf_counter() - t0
-        if means.pop("nonfinite", 0.0) or not math.isfinite(means["train/loss"]):
-            raise Diverged(f"training loss is not finite in epoch {epoch}")
+        self.guard.check(self._last_checkpoint())
+        means["lr"] = lr  # the rate at the start of the epoch, also when the epoch was resumed midway
         means["perf/img_per_s"] = n_images / seconds
         means["perf/epoch_s"] = seconds
         return means
@@ -208,6 +231,7 @@ class Trainer:
             record.update(self.train_epoch(epoch))
             for which in self.eval_batches:
                 record.update(self.evaluate(which))
+                faults.inject("eval", epoch)
             self._track_best(record, epoch)
             if self.sharpness is not None:
                 record.update(self.sharpness(self, epoch, final=False))
@@ -223,8 +247,10 @@ class Trainer:
                     f"{k} {v:.4g}" for k, v in record.items() if k.split("/")[0] in ("train", "val", "test")
                 ),
             )
-            if self.opts.checkpoint:
+            if self.opts.checkpoint or self.preemption.requested:
                 self.save_checkpoint()
+            if self.preemption.requested:
+                self.preemption.handoff(f"after epoch {epoch}")
         return self.finish()
 
     def _track_best(self, record: dict, epoch: int) -> None:
@@ -278,19 +304,30 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "logger_run_id": getattr(self.logger, "run_id", None),
+            "position": None,  # set by a mid-epoch (preemption) checkpoint
+            "config": self.opts.config,
             "model_class": type(self.model).__name__,
             "optimizer_class": type(self.optimizer).__name__,
         }
 
-    def save_checkpoint(self) -> None:
-        """Atomic: a crash leaves either the old or the new file, never half of one."""
+    def save_checkpoint(self, position: dict | None = None, seconds: float = 0.0) -> None:
+        """Atomic: a crash leaves either the old or the new file, never half of one.
+
+        `position` (epoch, step, lr at the epoch start, the epoch's metric sums) marks a checkpoint taken
+        inside an epoch; `seconds` is the time already spent in that epoch."""
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
+        state = self.state_dict()
+        state["position"], state["elapsed"] = position, self.elapsed + seconds
         with open(tmp, "wb") as f:
-            torch.save(self.state_dict(), f)
+            torch.save(state, f)
             f.flush()
+            faults.inject("checkpoint", self.epoch)
             os.fsync(f.fileno())
         os.replace(tmp, self.ckpt_path)
+
+    def _last_checkpoint(self) -> str | None:
+        return str(self.ckpt_path) if self.ckpt_path.exists() else None
 
     def load_checkpoint(self, path: Path | None = None) -> None:
         ckpt = torch.load(path or self.ckpt_path, map_location=self.device, weights_only=False)
@@ -301,15 +338,22 @@ class Trainer:
                 f"optimizer "
                 f"{ckpt['optimizer_class']}; this run has model {mine[0]} with optimizer {mine[1]}"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # same classes, other shapes (e.g. model.width)
+            raise CheckpointMismatch(
+                f"checkpoint {path or self.ckpt_path} does not fit this run's {mine[0]} / {mine[1]}: "
+                + str(err).strip().splitlines()[0]
+            ) from err
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.best, self.elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed"]
+        self.position = ckpt.get("position")
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
         # metrics.jsonl keeps each epoch exactly once: drop records written after this checkpoint
-        kept = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= self.epoch]
+        kept = [r for r in read_jsonl(self.metrics_path, partial_ok=True) if r.get("epoch", 0) <= self.epoch]
         tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.metrics_path)

@@ -10,6 +10,9 @@ import json
 import math
 import netrc
 import os
+import socket
+import threading
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,19 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, partial_ok: bool = False) -> list[dict]:
+    """The records of a JSON-lines file; `partial_ok` drops a torn last line (a crash mid-write)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not (partial_ok and i == len(lines) - 1):
+                raise
+    return records
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -73,6 +85,36 @@ def _has_wandb_key() -> bool:
         return False
 
 
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def wandb_unreachable(url: str, timeout: float) -> str | None:
+    """Why the W&B server at `url` cannot be reached within `timeout` seconds, or None if it can.
+
+    wandb itself retries an unreachable server for about 30 s (login, key check, then `init_timeout`) before
+    it gives up; one TCP connection decides in at most `timeout`. DNS and connect run in a daemon thread
+    because getaddrinfo has no timeout of its own. Behind a proxy the direct connection says nothing, so
+    the check is skipped and wandb's `init_timeout` bounds the wait.
+    """
+    if any(os.environ.get(k) for k in PROXY_VARS):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as err:
+            result.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"no connection within {timeout:g} s"
+
+
 class WandbLogger(NoLogger):
     """One W&B run per training run (also per job of an in-process multirun)."""
 
@@ -84,9 +126,10 @@ class WandbLogger(NoLogger):
         tags: list[str] | None = None,
         mode: str | None = None,
         init_timeout: float = 20.0,
+        connect_timeout: float = 3.0,
     ) -> None:
         self.project, self.entity, self.group, self.tags = project, entity, group, list(tags or [])
-        self.mode, self.init_timeout = mode, init_timeout
+        self.mode, self.init_timeout, self.connect_timeout = mode, init_timeout, connect_timeout
         self.run = None
 
     def start(self, config: dict, run_dir: Path, name: str, run_id: str | None = None) -> None:
@@ -103,6 +146,16 @@ class WandbLogger(NoLogger):
                 stacklevel=2,
             )
             mode = "offline"
+        if mode == "online":
+            url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+            why = wandb_unreachable(url, self.connect_timeout)
+            if why is not None:
+                warnings.warn(
+                    f"W&B: server {url} is unreachable ({why}): logging offline to {run_dir / 'wandb'}; "
+                    "upload later with `wandb sync`",
+                    stacklevel=2,
+                )
+                mode = "offline"
         for attempt in (mode, "offline"):
             try:
                 self.run = wandb.init(

@@ -17,18 +17,38 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sam_lab import rundir
 from sam_lab.config import ConfigError, register, validate
 from sam_lab.data import DataError
 from sam_lab.engine import CheckpointMismatch, Options, Trainer, progress_enabled
+from sam_lab.faults import EXIT_DIVERGED, Diverged
 
 log = logging.getLogger("sam_lab.train")
 USER_ERRORS = (ConfigError, DataError, CheckpointMismatch)
+# absolute, so that the same when this file runs as `__main__` and when it is imported as `sam_lab.train`
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register()
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job's user error: Hydra prints the job's overrides and this one message, no traceback."""
+
+
+def user_facing(err: Exception) -> tuple[str, int] | None:
+    """(message, exit status) for errors the user can fix or must know about; None for bugs (traceback)."""
+    cause = err.__cause__ if isinstance(err, InstantiationException) else err
+    if isinstance(cause, USER_ERRORS):
+        return str(cause), 1
+    if isinstance(err, InstantiationException) and isinstance(cause, TypeError):  # arguments of a _target_
+        return " ".join(line.strip() for line in str(err).splitlines()), 1
+    if isinstance(err, Diverged):
+        return str(err), EXIT_DIVERGED
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,7 +76,9 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    # warn_only: CUDA ops without a deterministic kernel (AdaptiveAvgPool2d's backward, per torch's docs) warn
+    # instead of stopping the run (README: Determinism). Also switched off again for a later in-process run.
+    torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     precision = str(cfg.trainer.precision)
     precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
@@ -81,6 +103,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
         checkpoint=cfg.trainer.checkpoint,
         grad_stats_every=cfg.metrics.grad_stats_every,
         probe_sam_every=cfg.metrics.probe_sam_every,
+        on_nonfinite=str(cfg.trainer.on_nonfinite.value),
+        config=rundir.run_config(cfg),
         extra_summary={
             "config": choices or {},
             "git_commit": git_commit(),
@@ -94,40 +118,54 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str, Any]:
-    """Train one run into `run_dir` and return its summary."""
+    """Train one run into `run_dir` (new, or resumed as `resume` says: see sam_lab.rundir); its summary."""
+    run_dir = Path(run_dir)
+    plan = rundir.prepare(cfg, run_dir)
+    if plan.finished is not None:
+        log.info("%s already holds the finished run: nothing to do", run_dir)
+        return plan.finished
     trainer = build(cfg, run_dir, choices)
     run_id = None
-    if cfg.resume and trainer.ckpt_path.exists():
+    if plan.resume:
         trainer.load_checkpoint()
         run_id = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)["logger_run_id"]
-        log.info("resumed from %s after epoch %d", trainer.ckpt_path, trainer.epoch)
-    elif cfg.resume:
-        log.info("resume=true but no checkpoint at %s: starting from scratch", trainer.ckpt_path)
+        where = f", step {trainer.position['step']} of epoch {trainer.epoch + 1}" if trainer.position else ""
+        log.info("resumed from %s after epoch %d%s", trainer.ckpt_path, trainer.epoch, where)
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer.logger.start(config=config, run_dir=run_dir, name=run_dir.name, run_id=run_id)
     try:
-        summary = trainer.fit()
+        with trainer.preemption:  # SIGTERM/SIGUSR1: checkpoint at the next step, then exit for a requeue
+            summary = trainer.fit()
+    except Diverged as err:
+        rundir.write_diverged_summary(trainer, err)
+        raise
     finally:
         trainer.logger.finish()
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
         summary = run(cfg, run_dir, dict(hc.runtime.choices))
-    except (*USER_ERRORS, InstantiationException) as err:
-        cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if not isinstance(cause, USER_ERRORS) or hc.mode == RunMode.MULTIRUN:
-            raise  # a bug (full traceback), or a sweep job: the sweep records it and goes on with the others
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as err:
+        known = user_facing(err)
+        if known is None:
+            raise  # a bug: full traceback
+        if hc.mode == RunMode.MULTIRUN:  # the sweep goes on with the other jobs, then names this one
+            raise JobFailed(f"error: {known[0]}") from err
+        print(f"error: {known[0]}", file=sys.stderr)
+        sys.exit(known[1])
     acc, best = summary.get("test/acc"), summary.get("best_val/test_acc")
     print(f"final test accuracy: {acc:.4f} (best-val checkpoint: {best:.4f})  run dir: {run_dir}")
     return acc
 
 
 if __name__ == "__main__":
-    main()
+    # Call the function of the importable module `sam_lab.train`, not of `__main__`: the submitit launchers
+    # pickle the task function, and a function of `__main__` would be pickled by value with its globals.
+    from sam_lab.train import main as _main
+
+    _main()
