@@ -268,7 +268,7 @@ class TwoPass(BaseSGD):
         if closure is None:
             raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.base)")
         params = self._params()
-        w = [self._w.setdefault(p, torch.empty_like(p)) for p in params]
+        w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in params]
         m, frac = self.hparam("m"), self.hparam("ascent_fraction")
         keep_g = self.needs_clean_grad or self.capture
         losses, g_sum, gs_sum = [], None, None
