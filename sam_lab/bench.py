@@ -31,6 +31,12 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--repeats", type=int, default=5, help="rounds; figures are medians over rounds")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="synthetic training images (50000: CIFAR-sized; default batch x max(2, steps))",
+    )
     p.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers of the reference loop")
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument("--grad-stats-every", type=int, default=0, help="metrics.grad_stats_every (ours)")
@@ -55,6 +61,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
         ref_workers=a.ref_workers,
         reference=a.reference,
         grad_stats_every=a.grad_stats_every,
+        images=a.images,
         extra=a.overrides,
     )
     cfg.json = a.json  # type: ignore[attr-defined]

@@ -115,3 +115,12 @@ def test_cli_on_cuda(capsys):
     bench.main([*TINY_BENCH, "--device", "cuda", "--precision", "bf16"])
     out = capsys.readouterr().out
     assert "reference" in out and "ours" in out
+
+
+def test_images_flag_sets_the_synthetic_set_of_both_loops(tmp_path):
+    cfg = bench.parse(["--width", "4", "--batch-size", "8", "--device", "cpu", "--images", "40"])
+    assert cfg.images == 40 and "data.num_train=40" in our_overrides(cfg, "resnet18", "sgd")
+    assert "data.num_train=16" in our_overrides(BenchConfig(batch_size=8, steps=2), "resnet18", "sgd")
+    ours = Ours(our_overrides(cfg, "resnet18", "sgd"), tmp_path)
+    ref = Reference(ours, sam=False, num_workers=0)
+    assert len(ours.trainer.train_batches) == 5 and len(ref.loop.loader.dataset) == 40

@@ -252,11 +252,12 @@ class BenchConfig:
     ref_workers: int = 0
     reference: bool = True
     grad_stats_every: int = 0
+    images: int | None = None  # synthetic training images; None: batch_size * max(2, steps)
     extra: Sequence[str] = ()
 
 
 def our_overrides(cfg: BenchConfig, model: str, optimizer: str) -> list[str]:
-    n_train = cfg.batch_size * max(2, cfg.steps)  # cycling over several batches, as an epoch does
+    n_train = cfg.images or cfg.batch_size * max(2, cfg.steps)  # cycling over batches, as an epoch does
     out = [
         f"model={model}",
         f"optimizer={optimizer}",
