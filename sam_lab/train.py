@@ -95,7 +95,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         precision=precision,
-        channels_last=cfg.trainer.channels_last and device.type == "cuda",
+        channels_last=cfg.trainer.channels_last,  # NHWC: faster with cuDNN, and ~1.5x with oneDNN on CPU
         compile=cfg.trainer.compile,
         eval_batch_size=cfg.trainer.eval_batch_size,
         label_smoothing=cfg.trainer.label_smoothing,

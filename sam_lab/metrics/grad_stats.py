@@ -1,4 +1,9 @@
-"""Update-magnitude statistics from gradients an optimizer already holds (pure functions, no host sync)."""
+"""Update-magnitude statistics from gradients an optimizer already holds (pure functions, no host sync).
+
+Every reduction runs over the whole parameter list at once with `torch._foreach_*` kernels (a few launches
+per statistic instead of a few per parameter tensor): counts are L1 norms of 0/1 indicator tensors, and the
+dot product comes from the polarisation identity  a.b = (||a + b||^2 - ||a - b||^2) / 4.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,27 @@ import torch
 from torch import Tensor
 
 
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    return torch.stack([torch.vdot(x.flatten().float(), y.flatten().float()) for x, y in zip(a, b)]).sum()
+def _total(per_tensor: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """Sum of per-tensor reductions, in float64 so that counts above 2^24 stay exact."""
+    return torch.stack(list(per_tensor)).double().sum()
 
 
 def _norm(a: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(a)).float())
+
+
+def _count_positive(x: list[Tensor]) -> Tensor:
+    """Number of elements > 0 over all tensors; overwrites x."""
+    torch._foreach_sign_(x)
+    torch._foreach_clamp_min_(x, 0.0)
+    return _total(torch._foreach_norm(x, ord=1))
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """sum_i a_i . b_i by polarisation (two temporaries, four foreach launches)."""
+    plus = torch.stack(torch._foreach_norm(torch._foreach_add(a, b))).double().square().sum()
+    minus = torch.stack(torch._foreach_norm(torch._foreach_sub(a, b))).double().square().sum()
+    return ((plus - minus) / 4).float()
 
 
 def grad_stats(g: list[Tensor] | None, d: list[Tensor], g_s: list[Tensor] | None = None) -> dict[str, Tensor]:
@@ -31,12 +51,18 @@ def grad_stats(g: list[Tensor] | None, d: list[Tensor], g_s: list[Tensor] | None
     out["opt/grad_norm"] = g_norm
     if g_s is None:
         return out
-    numel = sum(x.numel() for x in g)
+    numel = float(sum(x.numel() for x in g))
     gs_norm = _norm(g_s)
-    out["opt/ratio_gt1_frac"] = sum((b.abs() > a.abs()).sum() for a, b in zip(g, g_s)).float() / numel
-    out["opt/sign_agree_frac"] = (
-        sum((torch.sign(a) == torch.sign(b)).sum() for a, b in zip(g, g_s)).float() / numel
-    )
+    # |g_s| - |g| > 0
+    gt = torch._foreach_abs(g_s)
+    torch._foreach_sub_(gt, torch._foreach_abs(g))
+    out["opt/ratio_gt1_frac"] = (_count_positive(gt) / numel).float()
+    # sign(g_s) != sign(g)  <=>  |sign(g_s) - sign(g)| in {1, 2}, clamped to 1 and counted
+    diff = torch._foreach_sign(g_s)
+    torch._foreach_sub_(diff, torch._foreach_sign(g))
+    torch._foreach_abs_(diff)
+    torch._foreach_clamp_max_(diff, 1.0)
+    out["opt/sign_agree_frac"] = (1 - _total(torch._foreach_norm(diff, ord=1)) / numel).float()
     out["opt/norm_ratio"] = gs_norm / g_norm
     out["opt/cos"] = _dot(g, g_s) / (g_norm * gs_norm)
     return out

@@ -135,7 +135,7 @@ class BaseSGD(torch.optim.Optimizer):
                 dampening=0.0,
                 nesterov=group["nesterov"],
                 maximize=False,
-                foreach=None,  # torch's own choice: foreach kernels on CUDA
+                foreach=True,  # torch._foreach_* kernels on every device (torch picks them on CUDA only)
             )
             if group["momentum"] > 0:
                 for p, b in zip(ps, bufs):
@@ -191,22 +191,37 @@ class TwoPass(BaseSGD):
             **extra,
         )
         self._w: dict[Tensor, Tensor] = {}  # the one extra parameter-sized buffer: w, for an exact restore
+        self.g_is_scratch = False  # True while no one reads g after the ascent (perturbation may reuse it)
 
     # ---- hooks -------------------------------------------------------------------------------------
     def perturbation(self, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
-        """Hook: e from the clean gradient. SAM: rho * g / ||g|| (adaptive: rho * T^2 g / ||T g||)."""
-        return self.rho_step(params, g)
+        """Hook: e from the clean gradient. SAM: rho * g / ||g|| (adaptive: rho * T^2 g / ||T g||).
 
-    def rho_step(self, params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
-        """rho * v / ||v||, or with `adaptive` (ASAM) rho * T^2 v / ||T v||, T = |w| + eta element-wise."""
+        When nothing reads g after the ascent (`self.g_is_scratch`), e is written over g: SAM then holds one
+        parameter-sized buffer (the copy of w) beyond what SGD holds, at every moment of the step."""
+        return self.rho_step(params, g, inplace=self.g_is_scratch)
+
+    def rho_step(self, params: list[Tensor], v: list[Tensor], inplace: bool = False) -> list[Tensor]:
+        """rho * v / ||v||, or with `adaptive` (ASAM) rho * T^2 v / ||T v||, T = |w| + eta element-wise.
+
+        `inplace=True` overwrites v with the result (no new parameter-sized buffer for SAM)."""
         rho = self.hparam("rho")
         if not self.hparam("adaptive"):
-            return torch._foreach_mul(v, rho / (global_norm(v) + 1e-12))
+            scale = rho / (global_norm(v) + 1e-12)
+            if inplace:
+                torch._foreach_mul_(v, scale)
+                return v
+            return torch._foreach_mul(v, scale)
         t = torch._foreach_add(torch._foreach_abs(params), self.hparam("eta"))
-        tv = torch._foreach_mul(t, v)
+        if inplace:
+            torch._foreach_mul_(v, t)
+            tv = v
+        else:
+            tv = torch._foreach_mul(t, v)
         scale = rho / (global_norm(tv) + 1e-12)
         torch._foreach_mul_(tv, t)
-        return torch._foreach_mul(tv, scale)
+        torch._foreach_mul_(tv, scale)
+        return tv
 
     def descent_grad(self, params: list[Tensor], g: list[Tensor] | None, g_s: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
         """Hook: the gradient SGD descends along at `w`. SAM: g_s."""
@@ -253,7 +268,7 @@ class TwoPass(BaseSGD):
         if closure is None:
             raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.base)")
         params = self._params()
-        w = [self._w.setdefault(p, torch.empty_like(p)) for p in params]
+        w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in params]
         m, frac = self.hparam("m"), self.hparam("ascent_fraction")
         keep_g = self.needs_clean_grad or self.capture
         losses, g_sum, gs_sum = [], None, None
@@ -266,7 +281,11 @@ class TwoPass(BaseSGD):
             losses.append(self._call_part(closure, ascent_part, perturbed=False))
             g = self._take_grads(params)
             torch._foreach_copy_(w, params)
-            self._ascend(closure, params, w, g, ascent_part)
+            self.g_is_scratch = not keep_g
+            try:
+                self._ascend(closure, params, w, g, ascent_part)
+            finally:
+                self.g_is_scratch = False
             g = g if keep_g else None  # SAM keeps one extra buffer (w) during the second pass, not two
             self._call_part(closure, part, perturbed=True)
             g_s = self._take_grads(params)

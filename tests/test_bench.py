@@ -1,0 +1,126 @@
+"""The benchmark CLI and the reference loop it measures against."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from sam_lab import bench
+from sam_lab.optim import SAM
+from sam_lab.perf.measure import COLUMNS, BenchConfig, Ours, Reference, _ratios, format_table, our_overrides
+from sam_lab.perf.reference import ReferenceSAM, disable_running_stats, enable_running_stats
+from tests.conftest import ROOT
+
+TINY_BENCH = ["--models", "resnet18", "--width", "4", "--batch-size", "8", "--steps", "2", "--repeats", "2"]
+TINY_BENCH += ["--warmup", "1", "--threads", "1"]
+
+
+def test_cli_prints_every_column_for_ours_and_reference(capsys, tmp_path):
+    out_json = tmp_path / "rows.json"
+    bench.main([*TINY_BENCH, "--device", "cpu", "--json", str(out_json)])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(ln for ln in lines if ln.lstrip().startswith("model"))
+    for _, title, _ in COLUMNS:
+        assert title in header
+    body = [ln.split() for ln in lines if ln.lstrip().startswith("resnet18")]
+    assert sorted((r[1], r[2]) for r in body) == [("ours", "sam"), ("ours", "sgd"), ("reference", "sam"),
+                                                   ("reference", "sgd")]  # fmt: skip
+    rows = json.loads(out_json.read_text())["rows"]
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["peak_mb"] > 0 and 0 <= r["data_pct"] <= 100
+        assert math.isfinite(r["loss"])  # both loops really trained
+        assert math.isclose(r["s_per_epoch"], r["ms_per_step"] * math.ceil(50_000 / 8) / 1e3)
+        assert math.isfinite(r["speedup"]) == (r["impl"] == "ours")
+    assert lines[0].startswith("# ") and "torch" in lines[0]
+
+
+def test_module_entry_point_help():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "sam_lab.bench", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--optimizers" in out.stdout and "--ref-workers" in out.stdout
+
+
+def test_ratios_are_per_round_medians():
+    rows = [
+        {"model": "m", "impl": "ours", "optimizer": "sgd", "_totals": [1.0, 2.0, 4.0]},
+        {"model": "m", "impl": "ours", "optimizer": "sam", "_totals": [2.0, 4.2, 8.0]},
+        {"model": "m", "impl": "reference", "optimizer": "sgd", "_totals": [3.0, 6.0, 12.0]},
+    ]
+    _ratios(rows)
+    assert rows[1]["vs_sgd"] == 2.0 and rows[0]["vs_sgd"] == 1.0
+    assert rows[0]["speedup"] == 3.0 and math.isnan(rows[1]["speedup"]) and math.isnan(rows[2]["speedup"])
+    table = format_table([{**r, **{k: 1.0 for k, _, _ in COLUMNS[3:] if k not in r}} for r in rows])
+    assert table.splitlines()[3].split()[-1] == "-"  # NaN shown as '-'
+
+
+def test_reference_and_ours_train_the_same_model_on_the_same_data(tmp_path):
+    cfg = BenchConfig(width=4, batch_size=8, device="cpu", steps=2)
+    ours = Ours(our_overrides(cfg, "resnet18", "sam"), tmp_path)
+    ref = Reference(ours, sam=True, num_workers=0)
+    assert type(ref.model) is type(ours.model)
+    for a, b in zip(ours.model.state_dict().values(), ref.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same config, same seed: same initial weights
+    x, y = ref.next_batch()
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 0.5 and 0.6 < float(x.std()) < 1.4  # normalised like ours
+    for _ in range(2):
+        ref.step(*ref.next_batch())
+        ours.step(*ours.next_batch())
+    assert math.isfinite(ref.mean_loss()) and math.isfinite(ours.mean_loss())
+
+
+def test_reference_sam_is_the_same_algorithm_as_ours():
+    """Same weights, same batches: davda54-style SAM and sam_lab's SAM make the same updates."""
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))  # noqa: E731
+    m1 = make()
+    m2 = make()
+    m2.load_state_dict(m1.state_dict())
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ours = SAM(m1.parameters(), rho=0.1, **kw)
+    ref = ReferenceSAM(m2.parameters(), torch.optim.SGD, rho=0.1, **kw)
+    ours.watch_bn(m1)
+    loss = nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+
+        def closure(x=x, y=y):
+            ours.zero_grad()
+            out = loss(m1(x), y)
+            out.backward()
+            return out
+
+        ours.step(closure)
+        enable_running_stats(m2)
+        loss(m2(x), y).backward()
+        ref.first_step(zero_grad=True)
+        disable_running_stats(m2)
+        loss(m2(x), y).backward()
+        ref.second_step(zero_grad=True)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        if "num_batches_tracked" not in k:  # the momentum-0 trick still counts the second pass
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cli_on_cuda(capsys):
+    bench.main([*TINY_BENCH, "--device", "cuda", "--precision", "bf16"])
+    out = capsys.readouterr().out
+    assert "reference" in out and "ours" in out
+
+
+def test_images_flag_sets_the_synthetic_set_of_both_loops(tmp_path):
+    cfg = bench.parse(["--width", "4", "--batch-size", "8", "--device", "cpu", "--images", "40"])
+    assert cfg.images == 40 and "data.num_train=40" in our_overrides(cfg, "resnet18", "sgd")
+    assert "data.num_train=16" in our_overrides(BenchConfig(batch_size=8, steps=2), "resnet18", "sgd")
+    ours = Ours(our_overrides(cfg, "resnet18", "sgd"), tmp_path)
+    ref = Reference(ours, sam=False, num_workers=0)
+    assert len(ours.trainer.train_batches) == 5 and len(ref.loop.loader.dataset) == 40
