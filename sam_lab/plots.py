@@ -65,12 +65,12 @@ def _per_epoch(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], l
 
 
 def _optimizer_colors(names: Sequence[str]) -> dict[str, tuple]:
-    """One colour per optimizer, the same in every figure of a sweep (tab10 in the usual order)."""
-    ordered = sorted(
-        set(names), key=lambda o: (_OPTIMIZER_ORDER.index(o) if o in _OPTIMIZER_ORDER else 99, o)
-    )
-    cmap = plt.get_cmap("tab10")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(ordered)}
+    """One colour per optimizer, the same in every figure (tab10 by the optimizer's place in
+    _OPTIMIZER_ORDER, others after them), in that order."""
+    cmap, known = plt.get_cmap("tab10"), len(_OPTIMIZER_ORDER)
+    others = sorted({n for n in names if n not in _OPTIMIZER_ORDER})
+    slot = {**{n: i for i, n in enumerate(_OPTIMIZER_ORDER)}, **{n: known + i for i, n in enumerate(others)}}
+    return {n: cmap(slot[n] % cmap.N) for n in sorted(set(names), key=slot.__getitem__)}
 
 
 def _sort_groups(groups: dict[str, list[Run]]) -> list[tuple[str, list[Run]]]:

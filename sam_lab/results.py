@@ -247,7 +247,7 @@ def generic_spec(runs: Sequence[Run], metric: Metric) -> TableSpec:
     return TableSpec(
         name="generic",
         letter="",
-        title=f"Sweep: {metric.describe()}",
+        title="Sweep results by optimizer and rho (no published table to compare with)",
         experiments=(),
         metric=metric,
         blocks=tuple(blocks[k] for k in sorted(blocks, key=str)),

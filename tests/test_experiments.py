@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -530,3 +532,70 @@ def test_submitit_local_sweep_tables_and_plots(tmp_path):
     for name in ("curves.png", "ratio_gt1.png", "vs_rho.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+
+
+def _pids_with(*parts: str) -> list[int]:
+    """Processes whose command line contains every one of `parts` (from /proc; Linux)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and all(p in cmd for p in parts):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process through /proc")
+def test_preempted_local_job_is_requeued_and_resumes(tmp_path):
+    """submitit's preemption signal mid-run: the job is requeued into the same directory and continues from
+    its checkpoint (resume=true, as the experiments set it); every epoch is logged exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep, epochs = tmp_path / "sweep", 12
+    args = [
+        "-m",
+        "data=digits",
+        "data.subset=32",
+        "model.width=2",
+        f"epochs={epochs}",
+        "batch_size=32",
+        "logger=none",
+        "device=cpu",
+        "trainer.progress=off",
+        "resume=true",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    main = subprocess.Popen([sys.executable, "-m", "sam_lab.train", *args], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not _pids_with("submitit.core._submit", str(sweep)):
+            time.sleep(0.1)
+        (task,) = _pids_with("submitit.core._submit", str(sweep))
+        while time.monotonic() < deadline and not list(sweep.glob("*/checkpoints/last.pt")):
+            time.sleep(0.01)
+        # after its first checkpoint: freeze the job, send submitit's signal (as SLURM or the local controller
+        # do before a time limit), let it go on: the signal arrives mid-run however fast the epochs are
+        os.kill(task, signal.SIGSTOP)
+        os.kill(task, signal.SIGUSR2)
+        os.kill(task, signal.SIGCONT)
+        assert main.wait(timeout=300) == 0
+    finally:
+        if main.poll() is None:
+            main.kill()
+    (job,) = [p.parent for p in sweep.glob("*/summary.json")]
+    assert json.loads((job / "summary.json").read_text())["status"] == "finished"
+    history = results.Run(job).history
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    resumed = re.search(r"resumed from .* after epoch (\d+)", (job / "train.log").read_text())
+    assert resumed and 1 <= int(resumed.group(1)) < epochs  # continued mid-run, not from scratch
+    assert "Requeued job" in "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
