@@ -51,6 +51,7 @@ class TrainerConfig:
     progress: Progress = Progress.auto
     checkpoint: bool = True  # write checkpoints/last.pt every epoch
     on_nonfinite: OnNonfinite = OnNonfinite.stop  # what a NaN/inf training loss does (docs/reliability.md)
+    threads: int | None = None  # CPU threads; None = the launcher's cpus_per_task, else torch's default
 
 
 @dataclass
@@ -101,6 +102,7 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "lr": (0.0, None, ">="),
     "weight_decay": (0.0, None, ">="),
     "trainer.eval_batch_size": (1, None, ">="),
+    "trainer.threads": (1, None, ">="),
     "trainer.label_smoothing": (0.0, 1.0, "in"),
     "metrics.grad_stats_every": (0, None, ">="),
     "metrics.probe_sam_every": (0, None, ">="),

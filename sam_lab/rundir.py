@@ -60,6 +60,7 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.channels_last",
     "trainer.checkpoint",
     "trainer.on_nonfinite",
+    "trainer.threads",
 )
 
 

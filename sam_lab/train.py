@@ -27,12 +27,14 @@ from sam_lab.config import ConfigError, register, validate
 from sam_lab.data import DataError
 from sam_lab.engine import CheckpointMismatch, Options, Trainer, progress_enabled
 from sam_lab.faults import EXIT_DIVERGED, Diverged
+from sam_lab.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
 
 log = logging.getLogger("sam_lab.train")
 USER_ERRORS = (ConfigError, DataError, CheckpointMismatch)
 # absolute, so that the same when this file runs as `__main__` and when it is imported as `sam_lab.train`
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register()
+silence_launcher_schema_warning()
 
 
 class JobFailed(CompactHydraException):
@@ -53,9 +55,13 @@ def user_facing(err: Exception) -> tuple[str, int] | None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available: use device=auto or device=cpu")
+    index = local_job_cuda_index() if name == "cuda" else None
+    if index is not None:  # a submitit_local job that sees several GPUs: one GPU per job
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device(name)
 
 
@@ -72,6 +78,7 @@ def git_commit() -> str | None:
 def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Trainer:
     """Everything a run needs, from a composed config."""
     validate(cfg)
+    limit_threads(cfg.trainer.threads)
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:

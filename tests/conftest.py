@@ -12,7 +12,7 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # one thread per test process: on a busy 2-core machine two are 5-30x slower
 
 
 def compose_cfg(overrides: list[str]):
@@ -31,7 +31,13 @@ def cli(
     """Run `python -m sam_lab.train ARGS` exactly as a user would."""
     # PYTHONPATH: run this checkout's sam_lab even from another working directory
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath, **(env or {})}
+    full_env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": pythonpath,
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     for key in unset:
         full_env.pop(key, None)
     return subprocess.run(
