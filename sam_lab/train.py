@@ -81,6 +81,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
         checkpoint=cfg.trainer.checkpoint,
         grad_stats_every=cfg.metrics.grad_stats_every,
         probe_sam_every=cfg.metrics.probe_sam_every,
+        probe_rho=cfg.rho,
         extra_summary={
             "config": choices or {},
             "git_commit": git_commit(),
