@@ -124,7 +124,8 @@ class Trainer:
 
     def make_closure(self, x: Tensor, y: Tensor, sums: Sums):
         """The closure protocol: clear grads, loss on (a part of) the batch, backward, return the loss.
-        Loss and accuracy are recorded at the clean weights only (never at w + e)."""
+        Loss and accuracy are recorded at the clean weights only (never at w + e). `sample_labels`: see
+        sam_lab.optim.base (GNB Hessian estimates)."""
         model, opt = self.forward, self.optimizer
 
         def closure(

@@ -83,20 +83,15 @@ def test_sgdhess_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-DIGITS = [
-    "data=digits",
-    "model.width=8",
-    "batch_size=64",
-    "lr=0.05",
-    "epochs=4",
-    "metrics.grad_stats_every=5",
-]
+# The cheapest setting found that passes with margin (test accuracy 0.90-0.97 for every optimizer, about
+# 12 CPU-s for a two-pass optimizer): small batches give many steps in two epochs.
+DIGITS = ["data=digits", "model.width=8", "batch_size=32", "lr=0.1", "epochs=2", "trainer.checkpoint=false"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_learns_digits(tmp_path, name):
-    cfg = compose_cfg([*TINY, *DIGITS, f"optimizer={name}"])
+    cfg = compose_cfg([*TINY, *DIGITS, "metrics.grad_stats_every=5", f"optimizer={name}"])
     summary = run(cfg, tmp_path)
     assert summary["test/acc"] >= 0.85, summary
     check_stats(read_jsonl(tmp_path / "metrics.jsonl")[-1], cfg)

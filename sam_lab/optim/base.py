@@ -20,10 +20,10 @@ Research knobs of the SAM family (see DESIGN.md section 4):
   BatchNorm running statistics are frozen during the second pass when the optimizer knows the model
   (`opt.watch_bn(model)`, done by the trainer); `bn_second_pass="update"` lets them update.
 
-Two more closure keywords:
-  `closure(sample_labels=True)` (SGDHESS `hessian="gnb"`): the loss at labels drawn from the model's own
-  softmax, no gradient through the draw (`sgdhess.sampled_label_losses`); back-propagates the batch MEAN
-  and returns the per-example losses (so the optimizer knows B); not recorded as a training loss.
+One more closure keyword, used by SGDHESS `hessian="gnb"` only:
+  `closure(sample_labels=True)`: the loss at labels drawn from the model's own softmax, no gradient through
+  the draw (`sgdhess.sampled_label_losses`); back-propagates the batch MEAN and returns the per-example
+  losses (so the optimizer knows B); not recorded as a training loss.
 SAM probe for single-pass optimizers: when the trainer sets `opt.probe_rho` on a capture step, the step
 also evaluates the gradient g_s at w + probe_rho * g / ||g|| (BN frozen, weights restored bit for bit) and
 adds it to `captured`; the descent is unchanged.
