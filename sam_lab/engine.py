@@ -26,6 +26,7 @@ from sam_lab.data import Batches, DataBundle
 from sam_lab.faults import Diverged, NonfiniteGuard, Preemption  # noqa: F401 (Diverged: re-exported)
 from sam_lab.logging import NoLogger, append_jsonl, read_jsonl, write_json_atomic
 from sam_lab.metrics.grad_stats import grad_stats
+from sam_lab.optim.sgdhess import sampled_label_losses
 
 PROGRESS_EVERY = 25
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Options:
     probe_sam_every: int = 0
     on_nonfinite: str = "stop"  # "stop" | "skip" (sam_lab.faults.NonfiniteGuard)
     config: dict = field(default_factory=dict)  # the resolved run config, stored in checkpoints
+    probe_rho: float = 0.05  # rho of the SAM probe (the run's top-level rho)
     extra_summary: dict = field(default_factory=dict)
 
 
@@ -131,10 +133,13 @@ class Trainer:
 
     def make_closure(self, x: Tensor, y: Tensor, sums: Sums):
         """The closure protocol: clear grads, loss on (a part of) the batch, backward, return the loss.
-        Loss and accuracy are recorded at the clean weights only (never at w + e)."""
+        Loss and accuracy are recorded at the clean weights only (never at w + e). `sample_labels`: see
+        sam_lab.optim.base (GNB Hessian estimates)."""
         model, opt = self.forward, self.optimizer
 
-        def closure(create_graph: bool = False, part: tuple[float, float] | None = None) -> Tensor:
+        def closure(
+            create_graph: bool = False, part: tuple[float, float] | None = None, sample_labels: bool = False
+        ) -> Tensor:
             xs, ys = x, y
             if part is not None:
                 lo, hi = round(part[0] * len(x)), max(round(part[1] * len(x)), round(part[0] * len(x)) + 1)
@@ -142,6 +147,10 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = model(xs)
+            if sample_labels:  # GNB Hessian estimate: labels drawn from the model's own softmax
+                losses = sampled_label_losses(logits)
+                losses.mean().backward()
+                return losses
             loss = F.cross_entropy(logits.float(), ys, label_smoothing=self.opts.label_smoothing)
             loss.backward(create_graph=create_graph)
             if not opt.perturbed:
@@ -153,8 +162,10 @@ class Trainer:
         return closure
 
     def train_step(self, x: Tensor, y: Tensor, step: int, sums: Sums, global_step: int = 0) -> Tensor:
-        opt, every = self.optimizer, self.opts.grad_stats_every
-        opt.capture = bool(every) and step % every == 0
+        opt, every, probe = self.optimizer, self.opts.grad_stats_every, self.opts.probe_sam_every
+        # SAM probe (single-pass optimizers): g_s at w + rho g/||g|| for the statistics, trajectory unchanged
+        opt.probe_rho = self.opts.probe_rho if probe and step % probe == 0 and not opt.two_pass else None
+        opt.capture = (bool(every) and step % every == 0) or opt.probe_rho is not None
         self.guard.before_step(self.model, opt, sums)
         loss = opt.step(self.make_closure(x, y, sums))
         if opt.captured is not None:

@@ -112,6 +112,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
         probe_sam_every=cfg.metrics.probe_sam_every,
         on_nonfinite=str(cfg.trainer.on_nonfinite.value),
         config=rundir.run_config(cfg),
+        probe_rho=cfg.rho,
         extra_summary={
             "config": choices or {},
             "git_commit": git_commit(),

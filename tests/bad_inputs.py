@@ -140,7 +140,7 @@ ROWS: list[Row] = [
         "misspelled `trainer` key forced in with `+`",
         ("+trainer.precison=bf16",),
         "error: unknown key trainer.precison: not in the schema (allowed: channels_last, checkpoint, "
-        "compile, eval_batch_size, label_smoothing, on_nonfinite, precision, progress)",
+        "compile, eval_batch_size, label_smoothing, on_nonfinite, precision, progress, threads)",
     ),
     Row(
         "misspelled key inside a group",

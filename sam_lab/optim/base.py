@@ -19,6 +19,14 @@ Research knobs of the SAM family (see DESIGN.md section 4):
   takes several normalised ascent steps projected onto the rho-ball.
   BatchNorm running statistics are frozen during the second pass when the optimizer knows the model
   (`opt.watch_bn(model)`, done by the trainer); `bn_second_pass="update"` lets them update.
+
+One more closure keyword, used by SGDHESS `hessian="gnb"` only:
+  `closure(sample_labels=True)`: the loss at labels drawn from the model's own softmax, no gradient through
+  the draw (`sgdhess.sampled_label_losses`); back-propagates the batch MEAN and returns the per-example
+  losses (so the optimizer knows B); not recorded as a training loss.
+SAM probe for single-pass optimizers: when the trainer sets `opt.probe_rho` on a capture step, the step
+also evaluates the gradient g_s at w + probe_rho * g / ||g|| (BN frozen, weights restored bit for bit) and
+adds it to `captured`; the descent is unchanged.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ class BaseSGD(torch.optim.Optimizer):
         self.captured: dict[str, list[Tensor]] | None = None
         self._bn: list[nn.Module] = []
         self.perturbed = False  # True while a closure is evaluated at perturbed weights
+        self.probe_rho: float | None = None  # set by the trainer on SAM-probe steps (single-pass only)
 
     def watch_bn(self, model: nn.Module) -> None:
         """Tell the optimizer which BatchNorm layers to freeze on extra forward passes."""
@@ -113,8 +122,26 @@ class BaseSGD(torch.optim.Optimizer):
         d = self.descent_grad(params, g)
         if self.capture:
             self.captured = {"g": g, "d": d}
+            if self.probe_rho is not None:
+                self.captured["g_s"] = self._probe(closure, params, g)
         self.descend(params, d)
         return loss
+
+    def _probe(self, closure: Closure, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
+        """SAM's gradient g_s at w + probe_rho * g / ||g|| for statistics only: BN frozen, w restored."""
+        w = [p.clone() for p in params]
+        torch._foreach_add_(params, torch._foreach_mul(g, self.probe_rho / (global_norm(g) + 1e-12)))
+        self.perturbed = True
+        try:
+            with frozen_bn(self._bn):
+                self._call(closure)
+        finally:
+            self.perturbed = False
+        g_s = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+        torch._foreach_copy_(params, w)
+        for p, gp in zip(params, g):
+            p.grad = gp
+        return g_s
 
     def descend(self, params: list[Tensor], d: list[Tensor]) -> None:
         """Torch's own SGD update (foreach kernels), momentum buffers kept in `self.state`."""
