@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from sam_lab.config import ConfigError, register, validate
 from sam_lab.data import DataError
 from sam_lab.engine import CheckpointMismatch, Options, Trainer, progress_enabled
+from sam_lab.metrics.sharpness import Sharpness
 
 log = logging.getLogger("sam_lab.train")
 USER_ERRORS = (ConfigError, DataError, CheckpointMismatch)
@@ -90,7 +91,18 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
             "rho": cfg.rho,
         },
     )
-    return Trainer(model, optimizer, scheduler, data, device, run_dir, opts, logger=instantiate(cfg.logger))
+    sharp = OmegaConf.to_container(cfg.metrics.sharpness, resolve=True, enum_to_str=True)
+    return Trainer(
+        model,
+        optimizer,
+        scheduler,
+        data,
+        device,
+        run_dir,
+        opts,
+        logger=instantiate(cfg.logger),
+        sharpness=Sharpness(**sharp) if sharp["enabled"] else None,
+    )
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str, Any]:
