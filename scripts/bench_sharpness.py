@@ -22,6 +22,19 @@ from sam_lab.metrics.sharpness import fixed_subset
 from sam_lab.models import num_params, resnet18
 
 
+@torch.no_grad()
+def calibrate_bn(model: torch.nn.Module, batches) -> None:
+    """Running statistics = the cumulative average of the batch statistics over `batches` (momentum None)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _ in batches:
+        model(x)
+    model.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=["synthetic", "digits"], default="synthetic")
@@ -35,6 +48,12 @@ def main() -> None:
     ap.add_argument("--max-hvp", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--calibrate-bn",
+        action="store_true",
+        help="set BN running statistics to the subset's (at init they are (0, 1): the eval-mode network is "
+        "then un-normalised and its Hessian has one huge isolated eigenvalue, easy for power iteration)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,6 +66,8 @@ def main() -> None:
     model = resnet18(num_classes=10, width=args.width)
     if args.checkpoint:
         model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+    if args.calibrate_bn:
+        calibrate_bn(model, batches)
     n = len(batches.labels)
     print(f"resnet18 width {args.width}: {num_params(model)} parameters; {args.data}, {n} samples in batches")
     print(f"of {args.batch_size}; {torch.get_num_threads()} CPU threads; tol {args.tol:g}")

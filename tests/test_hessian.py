@@ -178,13 +178,14 @@ def test_trainer_writes_sharpness(tmp_path):
         *TINY,
         "epochs=2",
         "optimizer=sgd",
-        "metrics.sharpness.num_samples=96",
-        "metrics.sharpness.batch_size=40",
+        "metrics.sharpness.enabled=true",
+        "metrics.sharpness.num_samples=24",
+        "metrics.sharpness.batch_size=16",
         "metrics.sharpness.every=1",
         "metrics.sharpness.top_k=2",
-        "metrics.sharpness.trace=3",
+        "metrics.sharpness.trace=2",
         "metrics.sharpness.density=true",
-        "metrics.sharpness.density_steps=8",
+        "metrics.sharpness.density_steps=4",
     ]
     summary = run(compose_cfg(over), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -205,9 +206,10 @@ def test_trainer_writes_sharpness(tmp_path):
 def test_trainer_per_batch_and_best_val(tmp_path):
     over = [
         *TINY,
+        "metrics.sharpness.enabled=true",
         "metrics.sharpness.protocol=per_batch",
-        "metrics.sharpness.per_batch_count=3",
-        "metrics.sharpness.per_batch_size=16",
+        "metrics.sharpness.per_batch_count=2",
+        "metrics.sharpness.per_batch_size=8",
         "metrics.sharpness.weights=best_val",
     ]
     summary = run(compose_cfg(over), tmp_path / "run")
@@ -217,9 +219,11 @@ def test_trainer_per_batch_and_best_val(tmp_path):
 
 
 def test_disabled_and_bad_values(tmp_path):
+    assert compose_cfg([]).metrics.sharpness.enabled  # on by default, for every optimizer (DESIGN.md 5)
     summary = run(compose_cfg([*TINY, "metrics.sharpness.enabled=false"]), tmp_path / "off")
     assert not any(k.startswith("sharpness/") for k in summary)
     from sam_lab.config import ConfigError
 
-    with pytest.raises(ConfigError, match="metrics.sharpness.tol"):
-        run(compose_cfg([*TINY, "metrics.sharpness.tol=0"]), tmp_path / "bad")
+    for bad in ["tol=0", "trace=1", "top_k=0"]:
+        with pytest.raises(ConfigError, match="metrics.sharpness." + bad.split("=")[0]):
+            run(compose_cfg([*TINY, "metrics.sharpness." + bad]), tmp_path / "bad")
