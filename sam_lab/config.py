@@ -54,11 +54,41 @@ class TrainerConfig:
     threads: int | None = None  # CPU threads; None = the launcher's cpus_per_task, else torch's default
 
 
+class SharpnessWeights(str, Enum):
+    final = "final"  # the weights at the end of training
+    best_val = "best_val"  # the best-validation-accuracy checkpoint (final weights if there is no val split)
+
+
+class SharpnessProtocol(str, Enum):
+    standard = "standard"  # Hessian of the mean loss over the whole fixed subset (DESIGN.md section 5)
+    per_batch = "per_batch"  # empirical-SAM reference: lambda_max of each of `per_batch_count` batches
+
+
+@dataclass
+class SharpnessConfig:
+    """Top Hessian eigenvalue(s) of the training loss; docs/sharpness.md, sam_lab/metrics/hessian.py."""
+
+    enabled: bool = True
+    num_samples: int = 5120  # fixed, seeded, un-augmented subset of the training set (capped at its size)
+    batch_size: int = 256  # HVP batch size: bounds memory only, the result does not depend on it
+    every: int | None = None  # epochs between computations during training; null/0 = at the end only
+    weights: SharpnessWeights = SharpnessWeights.final  # which weights the end-of-training value uses
+    top_k: int = 1  # eigenvalues reported as sharpness/top_k (the first one is sharpness/lambda_max)
+    trace: int = 0  # Hutchinson probes for sharpness/trace and trace_se (0 = off)
+    density: bool = False  # SLQ eigenvalue density PNG under <run dir>/sharpness/, logged to W&B
+    density_steps: int = 64  # Lanczos steps of the density (one probe)
+    tol: float = 1e-3  # relative residual of the Ritz pairs (ARPACK's rule)
+    protocol: SharpnessProtocol = SharpnessProtocol.standard
+    per_batch_count: int = 40  # per_batch protocol: batches of the subset ...
+    per_batch_size: int = 128  # ... of this size
+    seed: int = 0  # subset and start vectors; independent of the training seed
+
+
 @dataclass
 class MetricsConfig:
     grad_stats_every: int = 10  # steps between update-magnitude statistics (0 = off)
     probe_sam_every: int = 0  # sgd only: statistics against a SAM probe gradient every N steps (0 = off)
-    sharpness: Any = field(default_factory=dict)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
 
 
 @dataclass
@@ -107,6 +137,15 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "metrics.grad_stats_every": (0, None, ">="),
     "metrics.probe_sam_every": (0, None, ">="),
     "model.width": (1, None, ">="),
+    "metrics.sharpness.num_samples": (1, None, ">="),
+    "metrics.sharpness.batch_size": (1, None, ">="),
+    "metrics.sharpness.every": (0, None, ">="),
+    "metrics.sharpness.top_k": (1, None, ">="),
+    "metrics.sharpness.trace": (0, None, ">="),
+    "metrics.sharpness.density_steps": (2, None, ">="),
+    "metrics.sharpness.tol": (1e-12, 0.5, "in"),
+    "metrics.sharpness.per_batch_count": (1, None, ">="),
+    "metrics.sharpness.per_batch_size": (1, None, ">="),
 }
 
 
@@ -120,6 +159,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} is out of range: must be >= {lo}")
         if kind == "in" and not lo <= value <= hi:
             raise ConfigError(f"{key}={value} is out of range: must be in [{lo}, {hi}]")
+    if OmegaConf.select(cfg, "metrics.sharpness.trace") == 1:
+        raise ConfigError("metrics.sharpness.trace=1 is out of range: 0 (off) or >= 2 probes (an error bar)")
     subset = OmegaConf.select(cfg, "data.subset")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise ConfigError(f"data.subset={subset} is out of range: must be a positive integer or null")

@@ -28,6 +28,7 @@ from sam_lab.data import DataError
 from sam_lab.engine import CheckpointMismatch, Options, Trainer, progress_enabled
 from sam_lab.faults import EXIT_DIVERGED, Diverged
 from sam_lab.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
+from sam_lab.metrics.sharpness import Sharpness
 
 log = logging.getLogger("sam_lab.train")
 USER_ERRORS = (ConfigError, DataError, CheckpointMismatch)
@@ -122,7 +123,18 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
             "rho": cfg.rho,
         },
     )
-    return Trainer(model, optimizer, scheduler, data, device, run_dir, opts, logger=instantiate(cfg.logger))
+    sharp = OmegaConf.to_container(cfg.metrics.sharpness, resolve=True, enum_to_str=True)
+    return Trainer(
+        model,
+        optimizer,
+        scheduler,
+        data,
+        device,
+        run_dir,
+        opts,
+        logger=instantiate(cfg.logger),
+        sharpness=Sharpness(**sharp) if sharp["enabled"] else None,
+    )
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str, Any]:

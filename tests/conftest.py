@@ -58,6 +58,8 @@ TINY = [
     "logger=none",
     "device=cpu",
     "trainer.progress=off",
+    # a ResNet Hessian-vector product costs ~6-8 gradients on CPU: tests that want sharpness turn it on
+    "metrics.sharpness.enabled=false",
 ]
 
 
