@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	WANDB_MODE=offline $(PY) -m sam_lab.train data=digits model.width=8 optimizer=sam rho=0.05 \
-		epochs=8 batch_size=64 lr=0.05 device=cpu
+		epochs=8 batch_size=64 lr=0.05 device=cpu metrics.sharpness.num_samples=512
 
 test: setup
 	$(PY) -m pytest -q

@@ -162,8 +162,9 @@ ROWS: list[Row] = [
     Row(
         "unknown option of a group",
         ("optimizer=adamw",),
-        "In 'train': Could not find 'optimizer/adamw'\n\nAvailable options in 'optimizer':\n\tasam\n\tsam\n"
-        "\tsgd\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf\n\tprovider=main, "
+        "In 'train': Could not find 'optimizer/adamw'\n\nAvailable options in 'optimizer':\n\tasam\n\tfsam\n"
+        "\tsam\n\tsamdirection\n\tsammagnitude\n\tsgd\n\tsgdhess\n"
+        "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf\n\tprovider=main, "
         "path=file://{conf}\n\tprovider=schema, path=structured://" + HYDRA_TAIL,
     ),
     Row(

@@ -177,7 +177,7 @@ def test_grid_composes_to_the_published_recipe_and_covers_the_table(experiment):
         get = _getter(cfg)
         for key, want in RECIPES[experiment].items():
             assert _plain(get(key)) == want, (experiment, key, get(key))
-        assert cfg.resume is True  # a requeued job continues from its checkpoint
+        assert cfg.resume == "auto"  # a requeued job continues from its checkpoint
         jobs.add(
             (
                 get("data"),
@@ -551,7 +551,7 @@ def _pids_with(*parts: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job process through /proc")
 def test_preempted_local_job_is_requeued_and_resumes(tmp_path):
     """submitit's preemption signal mid-run: the job is requeued into the same directory and continues from
-    its checkpoint (resume=true, as the experiments set it); every epoch is logged exactly once."""
+    its checkpoint (resume=auto, the default); every epoch is logged exactly once."""
     import signal
     import subprocess
     import sys
@@ -568,7 +568,6 @@ def test_preempted_local_job_is_requeued_and_resumes(tmp_path):
         "logger=none",
         "device=cpu",
         "trainer.progress=off",
-        "resume=true",
         "hydra/launcher=submitit_local",
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.timeout_min=10",
