@@ -1,14 +1,18 @@
-"""The structured schema of the top-level config, and the range checks the types cannot express.
+"""The typed schema of a run: every top-level, `trainer.*` and `metrics.*` key, its default and its range.
 
-Hydra merges `conf/train.yaml` onto `TrainConfig`, so a misspelled key, an unknown option or a value of the
-wrong type is refused at composition with a message naming the key. `validate` adds the ranges.
+This file is the one home of those defaults and ranges (conf/train.yaml only composes the groups). Hydra
+merges the composed config onto `TrainConfig`, so a misspelled key, an unknown option or a value of the wrong
+type is refused at composition with a message naming the key; `validate` adds the ranges, read from each
+field's metadata (`at_least`, `within`), and refuses non-finite numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -16,6 +20,21 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+def at_least(lo: float, default: Any, why: str = "") -> Any:
+    """A field whose value must be >= lo (None allowed where the default is None)."""
+    return field(default=default, metadata={"range": (lo, None), "why": why})
+
+
+def within(lo: float, hi: float, default: Any) -> Any:
+    """A field whose value must lie in [lo, hi]."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def value_of(x: Any) -> Any:
+    """The plain value of a config enum (`str()` of a `(str, Enum)` member is "Class.member" on 3.11)."""
+    return x.value if isinstance(x, Enum) else x
 
 
 class Device(str, Enum):
@@ -46,12 +65,12 @@ class TrainerConfig:
     precision: Precision = Precision.auto
     compile: bool = False  # torch.compile the model (not on double-backward paths)
     channels_last: bool = True
-    eval_batch_size: int = 1024
-    label_smoothing: float = 0.0
+    eval_batch_size: int = at_least(1, 1024)
+    label_smoothing: float = within(0.0, 1.0, 0.0)
     progress: Progress = Progress.auto
     checkpoint: bool = True  # write checkpoints/last.pt every epoch
     on_nonfinite: OnNonfinite = OnNonfinite.stop  # what a NaN/inf training loss does (docs/reliability.md)
-    threads: int | None = None  # CPU threads; None = the launcher's cpus_per_task, else torch's default
+    threads: int | None = at_least(1, None)  # CPU threads; None = the launcher's cpus_per_task, else torch's
 
 
 class SharpnessWeights(str, Enum):
@@ -60,7 +79,7 @@ class SharpnessWeights(str, Enum):
 
 
 class SharpnessProtocol(str, Enum):
-    standard = "standard"  # Hessian of the mean loss over the whole fixed subset (DESIGN.md section 5)
+    standard = "standard"  # Hessian of the mean loss over the whole fixed subset (docs/sharpness.md)
     per_batch = "per_batch"  # empirical-SAM reference: lambda_max of each of `per_batch_count` batches
 
 
@@ -69,39 +88,49 @@ class SharpnessConfig:
     """Top Hessian eigenvalue(s) of the training loss; docs/sharpness.md, sam_lab/metrics/hessian.py."""
 
     enabled: bool = True
-    num_samples: int = 5120  # fixed, seeded, un-augmented subset of the training set (capped at its size)
-    batch_size: int = 256  # HVP batch size: bounds memory only, the result does not depend on it
-    every: int | None = None  # epochs between computations during training; null/0 = at the end only
+    num_samples: int = at_least(
+        1, 5120
+    )  # fixed, seeded, un-augmented subset of the training set (capped at its size)
+    batch_size: int = at_least(1, 256)  # HVP batch size: bounds memory only, the result does not depend on it
+    every: int | None = at_least(
+        0, None
+    )  # epochs between computations during training; null/0 = at the end only
     weights: SharpnessWeights = SharpnessWeights.final  # which weights the end-of-training value uses
-    top_k: int = 1  # eigenvalues reported as sharpness/top_k (the first one is sharpness/lambda_max)
-    trace: int = 0  # Hutchinson probes for sharpness/trace and trace_se (0 = off)
+    top_k: int = at_least(
+        1, 1
+    )  # eigenvalues reported as sharpness/top_k (the first one is sharpness/lambda_max)
+    trace: int = at_least(0, 0)  # Hutchinson probes for sharpness/trace and trace_se (0 = off)
     density: bool = False  # SLQ eigenvalue density PNG under <run dir>/sharpness/, logged to W&B
-    density_steps: int = 64  # Lanczos steps of the density (one probe)
-    tol: float = 1e-3  # relative residual of the Ritz pairs (ARPACK's rule)
+    density_steps: int = at_least(2, 64)  # Lanczos steps of the density (one probe)
+    tol: float = within(1e-12, 0.5, 1e-3)  # relative residual of the Ritz pairs (ARPACK's rule)
     protocol: SharpnessProtocol = SharpnessProtocol.standard
-    per_batch_count: int = 40  # per_batch protocol: batches of the subset ...
-    per_batch_size: int = 128  # ... of this size
+    per_batch_count: int = at_least(1, 40)  # per_batch protocol: batches of the subset ...
+    per_batch_size: int = at_least(1, 128)  # ... of this size
     seed: int = 0  # subset and start vectors; independent of the training seed
 
 
 @dataclass
 class MetricsConfig:
-    grad_stats_every: int = 10  # steps between update-magnitude statistics (0 = off)
-    probe_sam_every: int = 0  # sgd only: statistics against a SAM probe gradient every N steps (0 = off)
+    grad_stats_every: int = at_least(0, 10)  # steps between update-magnitude statistics (0 = off)
+    probe_sam_every: int = at_least(
+        0, 0
+    )  # sgd only: statistics against a SAM probe gradient every N steps (0 = off)
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    rho: float = 0.05
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
+    seed: int = at_least(0, 0)
+    rho: float = at_least(0.0, 0.05)  # the SAM family's radius, interpolated by conf/optimizer/*.yaml
+    epochs: int = at_least(1, 200)
+    batch_size: int = at_least(1, 128)
+    lr: float = at_least(0.0, 0.1)
+    weight_decay: float = at_least(0.0, 5e-4)
     device: Device = Device.auto
-    resume: Any = "auto"  # true | false | auto (see sam_lab/rundir.py); Any because OmegaConf has no Union
-    deterministic: bool = False
+    # auto: continue <run dir>/checkpoints/last.pt if there is one | true | false (sam_lab/run/rundir.py);
+    # Any because OmegaConf has no Union
+    resume: Any = "auto"
+    deterministic: bool = False  # torch deterministic algorithms (slower on GPU; README: Determinism)
     data: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -115,6 +144,18 @@ class ConfigError(ValueError):
     """A user error in the configuration: reported as one line, exit code 1, no traceback."""
 
 
+def precision(cfg: DictConfig, device: Any) -> str:
+    """`trainer.precision` on `device`: auto = bf16 autocast on CUDA, fp32 elsewhere."""
+    value = value_of(cfg.trainer.precision)
+    return ("bf16" if device.type == "cuda" else "fp32") if value == "auto" else value
+
+
+def progress(cfg: DictConfig) -> bool:
+    """`trainer.progress`: on, off, or auto (a bar only when stderr is a terminal)."""
+    value = value_of(cfg.trainer.progress)
+    return value == "on" or (value == "auto" and sys.stderr.isatty())
+
+
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     # `${pid:}` in the run directory pattern: two runs started in the same microsecond still differ. Cached,
@@ -123,42 +164,39 @@ def register() -> None:
         OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
 
 
-RANGES: dict[str, tuple[float, float | None, str]] = {
-    # key: (lower bound, upper bound or None, how the bound applies)
-    "seed": (0, None, ">="),
-    "rho": (0.0, None, ">="),
-    "epochs": (1, None, ">="),
-    "batch_size": (1, None, ">="),
-    "lr": (0.0, None, ">="),
-    "weight_decay": (0.0, None, ">="),
-    "trainer.eval_batch_size": (1, None, ">="),
-    "trainer.threads": (1, None, ">="),
-    "trainer.label_smoothing": (0.0, 1.0, "in"),
-    "metrics.grad_stats_every": (0, None, ">="),
-    "metrics.probe_sam_every": (0, None, ">="),
-    "model.width": (1, None, ">="),
-    "metrics.sharpness.num_samples": (1, None, ">="),
-    "metrics.sharpness.batch_size": (1, None, ">="),
-    "metrics.sharpness.every": (0, None, ">="),
-    "metrics.sharpness.top_k": (1, None, ">="),
-    "metrics.sharpness.trace": (0, None, ">="),
-    "metrics.sharpness.density_steps": (2, None, ">="),
-    "metrics.sharpness.tol": (1e-12, 0.5, "in"),
-    "metrics.sharpness.per_batch_count": (1, None, ">="),
-    "metrics.sharpness.per_batch_size": (1, None, ">="),
-}
+# Keys of the groups (not typed by the schema) with a range: key -> (lower bound, upper bound or None).
+GROUP_RANGES: dict[str, tuple[float, float | None]] = {"model.width": (1, None)}
+
+
+def _ranges(cls: type, prefix: str = "") -> dict[str, tuple[float, float | None]]:
+    """Every ranged field of a schema dataclass, nested ones included, as dotted key -> (lo, hi)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "range" in f.metadata:
+            out[prefix + f.name] = f.metadata["range"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            out.update(_ranges(type(default), f"{prefix}{f.name}."))
+    return out
+
+
+def check_range(key: str, value: Any, lo: float, hi: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return  # the schema's types are checked by OmegaConf
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not allowed: must be a finite number")
+    if hi is None and value < lo:
+        raise ConfigError(f"{key}={value} is out of range: must be >= {lo}")
+    if hi is not None and not lo <= value <= hi:
+        raise ConfigError(f"{key}={value} is out of range: must be in [{lo}, {hi}]")
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks on the composed config; raises ConfigError naming the key."""
-    for key, (lo, hi, kind) in RANGES.items():
+    for key, (lo, hi) in {**_ranges(TrainConfig), **GROUP_RANGES}.items():
         value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        if kind == ">=" and value < lo:
-            raise ConfigError(f"{key}={value} is out of range: must be >= {lo}")
-        if kind == "in" and not lo <= value <= hi:
-            raise ConfigError(f"{key}={value} is out of range: must be in [{lo}, {hi}]")
+        if value is not None:
+            check_range(key, value, lo, hi)
     if OmegaConf.select(cfg, "metrics.sharpness.trace") == 1:
         raise ConfigError("metrics.sharpness.trace=1 is out of range: 0 (off) or >= 2 probes (an error bar)")
     subset = OmegaConf.select(cfg, "data.subset")

@@ -1,7 +1,8 @@
 """Hydra entry point: `python -m sam_lab.train [overrides]`, `-m` for sweeps.
 
 Composes data, model, optimizer, scheduler and logger from `conf/`, builds them with `_target_`, and hands
-them to `engine.Trainer`. Everything a run writes goes under its Hydra run directory.
+them to `engine.Trainer`; `sam_lab.run` prepares the run directory. Everything a run writes goes under
+its Hydra run directory.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam_lab import rundir
-from sam_lab.config import ConfigError, register, validate
+from sam_lab.config import ConfigError, precision, register, validate, value_of
 from sam_lab.data import DataError
-from sam_lab.engine import CheckpointMismatch, Options, Trainer, progress_enabled
-from sam_lab.faults import EXIT_DIVERGED, Diverged
-from sam_lab.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
-from sam_lab.metrics.sharpness import Sharpness
+from sam_lab.engine import Trainer
+from sam_lab.run import checkpoint, rundir, summary
+from sam_lab.run.checkpoint import CheckpointMismatch
+from sam_lab.run.faults import EXIT_DIVERGED, Diverged
+from sam_lab.run.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
 
 log = logging.getLogger("sam_lab.train")
 USER_ERRORS = (ConfigError, DataError, CheckpointMismatch)
@@ -80,7 +81,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
     """Everything a run needs, from a composed config."""
     validate(cfg)
     limit_threads(cfg.trainer.threads)
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(value_of(cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -88,8 +89,6 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
     # instead of stopping the run (README: Determinism). Also switched off again for a later in-process run.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    precision = str(cfg.trainer.precision)
-    precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
 
     data = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, num_classes=data.num_classes)
@@ -98,47 +97,13 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch
     )
-    opts = Options(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        precision=precision,
-        channels_last=cfg.trainer.channels_last,  # NHWC: faster with cuDNN, and ~1.5x with oneDNN on CPU
-        compile=cfg.trainer.compile,
-        eval_batch_size=cfg.trainer.eval_batch_size,
-        label_smoothing=cfg.trainer.label_smoothing,
-        progress=progress_enabled(str(cfg.trainer.progress)),
-        checkpoint=cfg.trainer.checkpoint,
-        grad_stats_every=cfg.metrics.grad_stats_every,
-        probe_sam_every=cfg.metrics.probe_sam_every,
-        on_nonfinite=str(cfg.trainer.on_nonfinite.value),
-        config=rundir.run_config(cfg),
-        probe_rho=cfg.rho,
-        extra_summary={
-            "config": choices or {},
-            "git_commit": git_commit(),
-            "device": str(device),
-            "precision": precision,
-            "seed": cfg.seed,
-            "rho": cfg.rho,
-        },
-    )
-    sharp = OmegaConf.to_container(cfg.metrics.sharpness, resolve=True, enum_to_str=True)
-    return Trainer(
-        model,
-        optimizer,
-        scheduler,
-        data,
-        device,
-        run_dir,
-        opts,
-        logger=instantiate(cfg.logger),
-        sharpness=Sharpness(**sharp) if sharp["enabled"] else None,
-    )
+    extra = {"config": choices or {}, "git_commit": git_commit(), "device": str(device)}
+    extra.update({"precision": precision(cfg, device), "seed": cfg.seed, "rho": cfg.rho})
+    return Trainer(model, optimizer, scheduler, data, device, run_dir, cfg, instantiate(cfg.logger), extra)
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str, Any]:
-    """Train one run into `run_dir` (new, or resumed as `resume` says: see sam_lab.rundir); its summary."""
+    """Train one run into `run_dir` (new, or resumed as `resume` says: sam_lab.run.rundir); its summary."""
     run_dir = Path(run_dir)
     plan = rundir.prepare(cfg, run_dir)
     if plan.finished is not None:
@@ -147,21 +112,21 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str
     trainer = build(cfg, run_dir, choices)
     run_id = None
     if plan.resume:
-        trainer.load_checkpoint()
-        run_id = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)["logger_run_id"]
+        checkpoint.restore(trainer, plan.state)
+        run_id = plan.state["logger_run_id"]
         where = f", step {trainer.position['step']} of epoch {trainer.epoch + 1}" if trainer.position else ""
         log.info("resumed from %s after epoch %d%s", trainer.ckpt_path, trainer.epoch, where)
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer.logger.start(config=config, run_dir=run_dir, name=run_dir.name, run_id=run_id)
     try:
         with trainer.preemption:  # SIGTERM/SIGUSR1: checkpoint at the next step, then exit for a requeue
-            summary = trainer.fit()
+            result = trainer.fit()
     except Diverged as err:
-        rundir.write_diverged_summary(trainer, err)
+        summary.diverged(trainer, err)
         raise
     finally:
         trainer.logger.finish()
-    return summary
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -169,7 +134,7 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
-        summary = run(cfg, run_dir, dict(hc.runtime.choices))
+        result = run(cfg, run_dir, dict(hc.runtime.choices))
     except Exception as err:
         known = user_facing(err)
         if known is None:
@@ -178,7 +143,7 @@ def main(cfg: DictConfig) -> float | None:
             raise JobFailed(f"error: {known[0]}") from err
         print(f"error: {known[0]}", file=sys.stderr)
         sys.exit(known[1])
-    acc, best = summary.get("test/acc"), summary.get("best_val/test_acc")
+    acc, best = result.get("test/acc"), result.get("best_val/test_acc")
     print(f"final test accuracy: {acc:.4f} (best-val checkpoint: {best:.4f})  run dir: {run_dir}")
     return acc
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sam_lab.logging import PROXY_VARS, WandbLogger, wandb_unreachable
+from sam_lab.run.loggers import PROXY_VARS, WandbLogger, wandb_unreachable
 from tests.bad_inputs import BASE, ROWS, SYNTHETIC, Row, call_main, render, row_id
 from tests.cifar_fakes import patch_cifar_md5, write_fake_cifar
 from tests.conftest import CONF, ROOT, cli

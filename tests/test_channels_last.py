@@ -27,7 +27,7 @@ def _flat(model) -> torch.Tensor:
 @pytest.mark.parametrize("optimizer", ["sgd", "sam"])
 def test_channels_last_on_cpu_is_the_same_step_in_another_layout(tmp_path, optimizer):
     fast, plain = _trainer(tmp_path, True, optimizer), _trainer(tmp_path, False, optimizer)
-    assert fast.device.type == "cpu" and fast.opts.channels_last and not plain.opts.channels_last
+    assert fast.device.type == "cpu" and fast.channels_last and not plain.channels_last
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d)).weight
     assert conv.is_contiguous(memory_format=CL) and not conv.is_contiguous()
     w0 = _flat(plain.model)

@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sam_lab.engine import Options, Sums, Trainer
+from sam_lab.config import TrainConfig
+from sam_lab.engine import Sums, Trainer
 from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.optim import SAM, SGD
 from sam_lab.perf import resident_bytes, step_peak_bytes
@@ -102,7 +104,7 @@ def test_train_step_makes_no_host_sync(tmp_path, no_tolist, optimizer):
 @pytest.mark.parametrize("optimizer", ["sgd", "sam"])
 def test_cuda_train_step_has_no_sync(tmp_path, optimizer):
     trainer = _trainer(tmp_path, f"optimizer={optimizer}", "device=cuda", "metrics.grad_stats_every=1")
-    assert trainer.opts.precision == "bf16" and trainer.opts.channels_last
+    assert trainer.precision == "bf16" and trainer.channels_last
     sums = Sums(trainer.device)
     batches = trainer.train_batches.epoch(1)
     trainer.train_step(*next(batches), 0, sums)
@@ -237,8 +239,9 @@ def test_compile_wraps_the_model_except_for_second_order(tmp_path):
     data = load_synthetic(num_train=8, num_test=4)
     for cls, compiled in [(SAM, True), (SecondOrder, False)]:
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-        opt = cls(model.parameters(), lr=0.1)
-        opts = Options(epochs=1, batch_size=4, compile=True, checkpoint=False)
-        t = Trainer(model, opt, constant(opt, 1), data, torch.device("cpu"), tmp_path, opts)
+        opt = cls(model.parameters(), lr=0.1, rho=0.05)
+        cfg = OmegaConf.structured(TrainConfig(epochs=1, batch_size=4))
+        cfg.trainer.compile = True
+        t = Trainer(model, opt, constant(opt, 1), data, torch.device("cpu"), tmp_path, cfg)
         assert (t.forward is not t.model) == compiled
         assert isinstance(t.forward, torch._dynamo.eval_frame.OptimizedModule) == compiled

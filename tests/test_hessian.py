@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
 
-from sam_lab.logging import read_jsonl
 from sam_lab.metrics.hessian import (
     HessianOperator,
     hessian_density,
@@ -18,6 +17,7 @@ from sam_lab.metrics.hessian import (
     per_batch_lambda_max,
     plot_density,
 )
+from sam_lab.run.files import read_jsonl
 from sam_lab.train import run
 from tests.conftest import TINY, compose_cfg
 

@@ -155,7 +155,7 @@ def test_state_dict_round_trip_steps_identically(cls, kw):
 def test_sam_requires_closure_and_rejects_bad_values():
     w = nn.Parameter(torch.ones(2))
     with pytest.raises(RuntimeError, match="closure"):
-        SAM([w], lr=0.1).step()
+        SAM([w], lr=0.1, rho=0.05).step()
     with pytest.raises(ValueError, match="rho"):
         SAM([w], lr=0.1, rho=-1.0)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sam_lab.logging import read_jsonl
+from sam_lab.run.files import read_jsonl
 from sam_lab.train import build, run
 from tests.conftest import CONF, TINY, compose_cfg
 
@@ -74,8 +74,7 @@ def test_sgdhess_resumes_exactly(tmp_path):
     straight, interrupted = tmp_path / "a", tmp_path / "b"
     run(compose_cfg(common), straight)
     trainer = build(compose_cfg(common), interrupted)
-    trainer.opts.epochs = 1
-    trainer.fit()
+    trainer.fit(until=1)
     run(compose_cfg([*common, "resume=true"]), interrupted)
     a = torch.load(straight / "checkpoints/last.pt", weights_only=False)
     b = torch.load(interrupted / "checkpoints/last.pt", weights_only=False)

@@ -11,8 +11,8 @@ from torch.func import functional_call
 
 from sam_lab.config import register
 from sam_lab.optim import FSAM, SAM, SGD, SAMDirection, SAMMagnitude, SGDHess, TwoPass
+from sam_lab.optim.closure import sampled_label_losses
 from sam_lab.optim.samdirection import graft
-from sam_lab.optim.sgdhess import sampled_label_losses
 from tests.conftest import CONF, compose_cfg
 
 # ---- problems --------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_direction_and_magnitude_differ_from_sam_and_each_other():
 
 def test_bad_granularity_names_the_key():
     with pytest.raises(ValueError, match="granularity"):
-        SAMDirection([nn.Parameter(torch.ones(2))], lr=0.1, granularity="layer")
+        SAMDirection([nn.Parameter(torch.ones(2))], lr=0.1, rho=0.05, granularity="layer")
 
 
 # ---- F-SAM -------------------------------------------------------------------------------------------------
@@ -505,7 +505,7 @@ def test_gnb_estimate_is_unbiased_for_gauss_newton_diagonal():
 
 def test_gnb_pass_leaves_batchnorm_stats_alone():
     model = small_net(bn=True)
-    opt = SGDHess(model.parameters(), lr=0.1, hessian="gnb")
+    opt = SGDHess(model.parameters(), lr=0.1, rho=0.05, hessian="gnb")
     opt.watch_bn(model)
     opt.step(net_closure(opt, model, *batch()))
     assert int(model[1].num_batches_tracked) == 1

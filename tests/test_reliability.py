@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from sam_lab.engine import Sums, Trainer
-from sam_lab.faults import EXIT_DIVERGED, EXIT_PREEMPTED, FAULT_ENV, NonfiniteGuard
-from sam_lab.logging import read_jsonl
 from sam_lab.optim import SAM, SGD
+from sam_lab.run.faults import EXIT_DIVERGED, EXIT_PREEMPTED, FAULT_ENV, NonfiniteGuard
+from sam_lab.run.files import read_jsonl
 from sam_lab.train import run
 from tests.bad_inputs import call_main
 from tests.conftest import ROOT, cli, compose_cfg

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sam_lab.engine import Sums
-from sam_lab.logging import read_jsonl
+from sam_lab.run.files import read_jsonl
 from sam_lab.train import build, run
 from tests.conftest import ROOT, cli, compose_cfg
 
@@ -117,8 +117,7 @@ def test_resume_finishes_identically(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     trainer = build(compose_cfg(common), interrupted)
-    trainer.opts.epochs = 1  # "crash" after the first epoch's checkpoint
-    trainer.fit()
+    trainer.fit(until=1)  # "crash" after the first epoch's checkpoint
     run(compose_cfg([*common, "resume=true"]), interrupted)
 
     a, b = _weights(straight / "checkpoints/last.pt"), _weights(interrupted / "checkpoints/last.pt")

@@ -155,3 +155,43 @@ class Sharpness:
             n_hvp += dens.n_hvp
         out.update({"sharpness/seconds": time.perf_counter() - t0, "sharpness/n_hvp": n_hvp})
         return out
+
+
+# ---- temporary pure API (replaced by the metrics branch) ----
+@dataclass
+class SharpnessResult:
+    metrics: dict[str, Any]
+    density: Any = None
+
+
+def measure(
+    model, loss_fn, batches, *, top_k=1, trace=0, tol=1e-3, seed=0, density_steps=0
+) -> SharpnessResult:
+    t0, out = time.perf_counter(), {}
+    eig = hessian_eigs(model, loss_fn, batches, k=top_k, tol=tol, seed=seed)
+    out["sharpness/lambda_max"], n = eig.lambda_max, eig.n_hvp
+    if top_k > 1:
+        out["sharpness/top_k"] = eig.eigenvalues
+    if not eig.converged:
+        out["sharpness/converged"] = False
+    if trace:
+        tr = hessian_trace(model, loss_fn, batches, trace, seed=seed)
+        out.update({"sharpness/trace": tr.trace, "sharpness/trace_se": tr.se})
+        n += tr.n_hvp
+    dens = None
+    if density_steps:
+        dens = hessian_density(model, loss_fn, batches, steps=density_steps, seed=seed)
+        n += dens.n_hvp
+    out.update({"sharpness/seconds": time.perf_counter() - t0, "sharpness/n_hvp": n})
+    return SharpnessResult(out, dens)
+
+
+def measure_per_batch(model, loss_fn, batches, *, top_k=5, tol=1e-3, seed=0) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = per_batch_lambda_max(model, loss_fn, batches, tol, seed)
+    return {
+        "sharpness/per_batch_max": res.max,
+        "sharpness/per_batch_mean": res.mean,
+        "sharpness/n_hvp": res.n_hvp,
+        "sharpness/seconds": time.perf_counter() - t0,
+    }

@@ -1,8 +1,8 @@
 """Shared mechanics of every sam_lab optimizer.
 
 `BaseSGD` is torch SGD (momentum, dampening 0, coupled weight decay, optional Nesterov) driven through the
-closure protocol: `loss = opt.step(closure)`, where `closure()` clears the gradients, computes the batch loss,
-back-propagates and returns the loss. Subclasses change only the descent gradient `d` handed to SGD.
+closure protocol (`sam_lab.optim.closure`: `loss = opt.step(closure)`). Subclasses change only the descent
+gradient `d` handed to SGD.
 
 `TwoPass` adds the SAM mechanics: first pass at `w` gives `g`; the `perturbation` hook gives `e`; second pass
 at `w + e` gives `g_s`; the weights are restored to `w` bit for bit; the `descent_grad` hook turns
@@ -13,17 +13,10 @@ Behaviour is declared by class flags, which the trainer reads (never the class n
   `needs_clean_grad` - `descent_grad` reads `g`, so it is kept alive during the second pass;
   `two_pass` - the optimizer evaluates the loss twice per step.
 
-Research knobs of the SAM family (see DESIGN.md section 4):
-  `m` (m-sharpness) and `ascent_fraction` call `closure(part=(a, b))`, meaning "use the examples from
-  fraction a to fraction b of the batch"; closures that support them accept that keyword. `ascent_steps`
-  takes several normalised ascent steps projected onto the rho-ball.
-  BatchNorm running statistics are frozen during the second pass when the optimizer knows the model
-  (`opt.watch_bn(model)`, done by the trainer); `bn_second_pass="update"` lets them update.
-
-One more closure keyword, used by SGDHESS `hessian="gnb"` only:
-  `closure(sample_labels=True)`: the loss at labels drawn from the model's own softmax, no gradient through
-  the draw (`sgdhess.sampled_label_losses`); back-propagates the batch MEAN and returns the per-example
-  losses (so the optimizer knows B); not recorded as a training loss.
+Research knobs of the SAM family: `m` (m-sharpness) and `ascent_fraction` call `closure(part=(a, b))`;
+`ascent_steps` takes several normalised ascent steps projected onto the rho-ball. BatchNorm running
+statistics are frozen during the second pass when the optimizer knows the model (`opt.watch_bn(model)`, done
+by the trainer); `bn_second_pass="update"` lets them update.
 SAM probe for single-pass optimizers: when the trainer sets `opt.probe_rho` on a capture step, the step
 also evaluates the gradient g_s at w + probe_rho * g / ||g|| (BN frozen, weights restored bit for bit) and
 adds it to `captured`; the descent is unchanged.
@@ -32,13 +25,13 @@ adds it to `captured`; the descent is unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.optim.sgd import sgd as sgd_update
 
-Closure = Callable[..., Tensor]
+from sam_lab.optim.closure import Closure
 
 
 def global_norm(tensors: list[Tensor]) -> Tensor:
@@ -115,7 +108,7 @@ class BaseSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         if closure is None:
-            raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.base)")
+            raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.closure)")
         loss = self._call(closure)
         params = [p for p in self._params() if p.grad is not None]
         g = [p.grad.detach() for p in params]
@@ -181,7 +174,7 @@ class TwoPass(BaseSGD):
         self,
         params,
         lr: float,
-        rho: float = 0.05,
+        rho: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -293,7 +286,7 @@ class TwoPass(BaseSGD):
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         if closure is None:
-            raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.base)")
+            raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.closure)")
         params = self._params()
         w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in params]
         m, frac = self.hparam("m"), self.hparam("ascent_fraction")

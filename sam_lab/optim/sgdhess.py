@@ -5,18 +5,11 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sam_lab.optim.base import BaseSGD, Closure, frozen_bn
 
 HESSIANS = ("hutchinson", "gnb", "hvp")
-
-
-def sampled_label_losses(logits: Tensor) -> Tensor:
-    """Per-example cross-entropy at labels drawn from softmax(logits), no gradient through the draw (GNB)."""
-    y = torch.multinomial(torch.softmax(logits.detach().float(), dim=-1), 1).squeeze(1)
-    return F.cross_entropy(logits.float(), y, reduction="none")
 
 
 class SGDHess(BaseSGD):
@@ -32,7 +25,7 @@ class SGDHess(BaseSGD):
     second_order = True  # p.grad carries its graph (closure(create_graph=True)) for the H v products
 
     def __init__(
-        self, params, lr: float, rho: float = 0.05, hessian: str = "hutchinson", hessian_every: int = 1, **kw
+        self, params, lr: float, rho: float, hessian: str = "hutchinson", hessian_every: int = 1, **kw
     ) -> None:
         if hessian not in HESSIANS or hessian_every < 1 or rho < 0:
             raise ValueError(

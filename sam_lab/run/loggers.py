@@ -1,4 +1,5 @@
-"""Where metrics go: always the run directory (metrics.jsonl, summary.json), plus W&B when `logger=wandb`.
+"""Loggers: W&B when `logger=wandb`, nothing more with `logger=none` (the run directory always gets
+metrics.jsonl and summary.json: sam_lab.run.files).
 
 W&B must never hang or crash training: with no API key, an unreachable server or any error at start-up
 the logger warns and falls back to offline mode (files under the run directory), then to nothing.
@@ -6,8 +7,6 @@ the logger warns and falls back to offline mode (files under the run directory),
 
 from __future__ import annotations
 
-import json
-import math
 import netrc
 import os
 import socket
@@ -15,43 +14,8 @@ import threading
 import urllib.parse
 import warnings
 from pathlib import Path
-from typing import Any
 
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep the fact visible
-    return v
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path, partial_ok: bool = False) -> list[dict]:
-    """The records of a JSON-lines file; `partial_ok` drops a torn last line (a crash mid-write)."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if not (partial_ok and i == len(lines) - 1):
-                raise
-    return records
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+from sam_lab.run.files import jsonable
 
 
 class NoLogger:
@@ -193,7 +157,7 @@ class WandbLogger(NoLogger):
             warnings.warn(f"W&B call failed ({type(err).__name__}: {err}); continuing", stacklevel=3)
 
     def log(self, metrics: dict, step: int) -> None:
-        self._safe(lambda: self.run.log({k: _jsonable(v) for k, v in metrics.items()}, step=step))
+        self._safe(lambda: self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step))
 
     def log_image(self, key: str, path: Path, step: int) -> None:
         import wandb
@@ -201,7 +165,7 @@ class WandbLogger(NoLogger):
         self._safe(lambda: self.run.log({key: wandb.Image(str(path))}, step=step))
 
     def summary(self, values: dict) -> None:
-        self._safe(lambda: self.run.summary.update({k: _jsonable(v) for k, v in values.items()}))
+        self._safe(lambda: self.run.summary.update({k: jsonable(v) for k, v in values.items()}))
 
     def finish(self, exit_code: int = 0) -> None:
         self._safe(lambda: self.run.finish(exit_code=exit_code))

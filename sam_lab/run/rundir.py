@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
@@ -37,11 +36,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_lab.config import ConfigError, validate
-from sam_lab.engine import CheckpointMismatch, Trainer
-from sam_lab.faults import Diverged
-from sam_lab.logging import read_jsonl, write_json_atomic
+from sam_lab.run import checkpoint
+from sam_lab.run.checkpoint import CheckpointMismatch
+from sam_lab.run.files import write_json_atomic
 
-CKPT = Path("checkpoints") / "last.pt"
+CKPT = checkpoint.PATH
 CLAIM = ".claim"
 RUN_FILES = (CLAIM, str(CKPT), "metrics.jsonl", "summary.json")
 
@@ -68,31 +67,16 @@ class RunDirError(ConfigError):
     """The run directory cannot be used as asked (already holds a run, claimed, nothing to resume)."""
 
 
-class CheckpointUnreadable(CheckpointMismatch):
-    """checkpoints/last.pt exists but cannot be read."""
-
-
 @dataclass
 class Plan:
     resume: bool
     finished: dict | None = None  # the summary of a run that has already finished: nothing to do
+    state: dict | None = None  # the checkpoint to resume from, read once
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain data (stored in checkpoints, compared on resume)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint lazily (mmap: tensors are read only when touched)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - zip, pickle, EOF and OS errors all mean "damaged"
-        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
-        raise CheckpointUnreadable(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {first}): the file is damaged; restore "
-            f"a copy, or delete {path.parent.parent} to start the run over"
-        ) from err
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -176,7 +160,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Plan:
     ckpt = run_dir / CKPT
     mode = cfg.resume
     if ckpt.exists() and mode in (True, "auto"):
-        state = read_checkpoint(ckpt)
+        state = checkpoint.read(ckpt)
         diffs = config_differences(state["config"], run_config(cfg)) if state.get("config") else []
         if diffs:
             more = f", and {len(diffs) - 3} more" if len(diffs) > 3 else ""
@@ -188,10 +172,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Plan:
         if state["epoch"] >= cfg.epochs and state.get("position") is None and summary_path.exists():
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "finished":
-                return Plan(resume=True, finished=summary)
+                return Plan(resume=True, finished=summary, state=state)
         _claim(run_dir, exclusive=False)
         write_hydra_files(cfg, run_dir)
-        return Plan(resume=True)
+        return Plan(resume=True, state=state)
     if mode is True:
         raise RunDirError(
             f"resume=true but {ckpt} does not exist: nothing to resume in {run_dir} (resume=auto starts a "
@@ -209,27 +193,6 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Plan:
     _claim(run_dir, exclusive=True)
     write_hydra_files(cfg, run_dir)
     return Plan(resume=False)
-
-
-def write_diverged_summary(trainer: Trainer, err: Diverged) -> dict[str, Any]:
-    """summary.json of a diverged run: status, where it diverged, and the last good epoch's metrics."""
-    history = read_jsonl(trainer.metrics_path)
-    summary: dict[str, Any] = {"status": "diverged", "error": str(err), "wall_time_s": trainer.elapsed}
-    summary.update(history[-1] if history else {})
-    summary.update(
-        {
-            "diverged/epoch": err.epoch,
-            "diverged/step": err.step,
-            "diverged/global_step": err.global_step,
-            "diverged/loss": str(err.value),  # "nan" or "inf" (JSON has neither)
-            "last_good_epoch": trainer.epoch,
-            "checkpoint": err.checkpoint,
-        }
-    )
-    summary.update(trainer.opts.extra_summary)
-    write_json_atomic(trainer.run_dir / "summary.json", summary)
-    trainer.logger.summary(summary)
-    return summary
 
 
 def _writable(path: Path, key: str) -> None:

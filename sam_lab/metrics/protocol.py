@@ -1,0 +1,41 @@
+"""Which batches and which computation `metrics.sharpness` asks for: the standard protocol (the Hessian of
+the mean loss over a fixed, un-augmented, seeded training subset) or the empirical-SAM study's per-batch
+protocol. Model, loss and data in, numbers out; when to run it and with which weights is the engine's call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sam_lab.config import value_of
+from sam_lab.data import DataBundle
+from sam_lab.metrics import sharpness
+from sam_lab.metrics.hessian import LossFn
+
+
+def sharpness_of(
+    model: nn.Module, loss_fn: LossFn, data: DataBundle, device: torch.device, cfg: Any, channels_last: bool
+) -> sharpness.SharpnessResult:
+    """`cfg` is a `metrics.sharpness` node (sam_lab.config.SharpnessConfig)."""
+    kw = dict(device=device, seed=cfg.seed, channels_last=channels_last)
+    if value_of(cfg.protocol) == "per_batch":
+        size = cfg.per_batch_size
+        batches = sharpness.fixed_subset(data, cfg.per_batch_count * size, size, **kw)
+        metrics = sharpness.measure_per_batch(
+            model, loss_fn, batches, top_k=cfg.top_k, tol=cfg.tol, seed=cfg.seed
+        )
+        return sharpness.SharpnessResult(metrics)
+    batches = sharpness.fixed_subset(data, cfg.num_samples, cfg.batch_size, **kw)
+    steps = cfg.density_steps if cfg.density else 0
+    return sharpness.measure(
+        model,
+        loss_fn,
+        batches,
+        top_k=cfg.top_k,
+        trace=cfg.trace,
+        tol=cfg.tol,
+        seed=cfg.seed,
+        density_steps=steps,
+    )
