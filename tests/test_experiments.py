@@ -27,12 +27,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from sam_lab import launch, results, tables
+from sam_lab import results, tables
+from sam_lab.run import launch
 from sam_lab.train import run
 from tests.cifar_fakes import patch_cifar_md5, write_fake_cifar
 from tests.conftest import CONF, ROOT, cli
 
-# our launcher files share their names with the submitit plugin's schemas (see sam_lab/launch.py)
+# our launcher files share their names with the submitit plugin's schemas (see sam_lab/run/launch.py)
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/submitit_(local|slurm)' is validated")
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FUTURE_OPTIMIZERS = {"samdirection", "sammagnitude", "fsam", "sgdhess"}  # issue 3 adds these configs
