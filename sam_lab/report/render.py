@@ -197,7 +197,7 @@ def published_table_markdown(spec: TableSpec) -> str:
         rows = []
         for r in spec.rows:
             values = [spec.published.get((block.label, r.label, c.label)) for c in spec.columns]
-            rows.append([r.title(), *("??" if v is None else f"{v:g}" for v in values)])
+            rows.append([r.title(), *("??" if v is None else _fmt(v) for v in values)])
         lines += ["", f"**{block.title()}** (selects {_recipe_text(block.select)})", ""]
         lines += _table_lines(["method", *(c.title() for c in spec.columns)], rows)
     lines += [f"\nNote: {n}" for n in spec.notes]
