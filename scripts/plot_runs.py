@@ -4,23 +4,22 @@
 Writes three PNG files into DIR (runs that differ only in the seed are one line: mean, band = range):
   curves.png       test accuracy and train loss per epoch
   ratio_gt1.png    opt/ratio_gt1_frac per epoch (fraction of weights with |g_SAM| > |g_SGD|)
-  vs_rho.png       accuracy and sharpness against rho, one line per optimizer
-The plotting functions live in sam_lab/plots.py.
+  vs_rho.png       accuracy and sharpness against rho, one line per optimizer; single-pass optimizers
+                   (no rho, e.g. sgd) as horizontal reference lines
+The plotting functions live in sam_lab/report/plots.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from sam_lab.plots import plot_curves, plot_ratio, plot_vs_rho
-from sam_lab.results import find_runs
+from sam_lab.report import cli
+from sam_lab.report.plots import plot_curves, plot_ratio, plot_vs_rho
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweeps", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
+    p = cli.parser(__doc__)
     p.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default ./plots)")
     p.add_argument("--acc-key", default="best_val/test_acc", help="summary.json accuracy key for vs_rho.png")
     p.add_argument(
@@ -29,16 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         help="summary.json sharpness key for vs_rho.png (e.g. sharpness/per_batch_max)",
     )
     args = p.parse_args(argv)
-    try:
-        runs = find_runs(args.sweeps)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not runs:
-        print(
-            f"error: no runs (directories with .hydra/) under {', '.join(map(str, args.sweeps))}",
-            file=sys.stderr,
-        )
+    runs = cli.read_runs(args.sweeps)
+    if runs is None:
         return 2
     written = [
         plot_curves(runs, args.out / "curves.png"),

@@ -1,7 +1,8 @@
 """Experiment configs (one per published table), launchers, make_tables.py and plot_runs.py.
 
-- Every grid point of every experiment composes to the recipe REFERENCE.md states, and the grid covers
-  every cell of its table in sam_lab/tables.py. Points whose optimizer config does not exist yet (built by
+- Every grid point of every experiment composes to the published recipe (docs/published.md; the recipes of
+  sam_lab/report/published.yaml, and the copy written out below), and the grid covers every cell of its
+  tables. Points whose optimizer config does not exist yet (built by
   another issue) are skipped, nothing else.
 - One point of every experiment trains for one epoch through build/Trainer on fake CIFAR files, and
   make_tables puts it in the right cell.
@@ -11,7 +12,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -27,18 +27,22 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from sam_lab import results, tables
+from sam_lab.report import published
+from sam_lab.report.runs import Run, find_runs, same, selects
+from sam_lab.report.tables import tables_for_runs
 from sam_lab.run import launch
 from sam_lab.train import run
 from tests.cifar_fakes import patch_cifar_md5, write_fake_cifar
 from tests.conftest import CONF, ROOT, cli
+from tests.test_report import make_tables_text, run_script
 
 # our launcher files share their names with the submitit plugin's schemas (see sam_lab/run/launch.py)
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/submitit_(local|slurm)' is validated")
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FUTURE_OPTIMIZERS = {"samdirection", "sammagnitude", "fsam", "sgdhess"}  # issue 3 adds these configs
 
-# The recipes of REFERENCE.md, written out independently of the configs: key -> value in the composed config.
+# The published recipes (docs/published.md), written out independently of the configs: key -> value in the
+# composed config.
 EMPIRICAL = {
     "data": "cifar100",
     "batch_size": 256,
@@ -101,7 +105,7 @@ RECIPES = {
         "data.val_size": 0,
     },
 }
-# (data, model, optimizer, rho, cutout, F-SAM lambda) of every job of one seed, from REFERENCE.md.
+# (data, model, optimizer, rho, cutout, F-SAM lambda) of every job of one seed, from docs/published.md.
 _A = [
     ("cifar100", m, o, r, 16, None)
     for m in ("resnet18", "resnet34", "resnet50", "wrn28_10")
@@ -163,7 +167,7 @@ def _plain(v):
 
 def test_experiments_exist():
     assert set(EXPERIMENTS) == set(RECIPES), "every experiment needs its recipe and grid in this test"
-    assert {e for t in tables.TABLES for e in t.experiments} == set(EXPERIMENTS)
+    assert {e for t in published.tables() for e in t.experiments} == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -194,7 +198,7 @@ def test_grid_composes_to_the_published_recipe_and_covers_the_table(experiment):
     missing = {p for p in expected if p not in jobs}
     assert all(p[2] in FUTURE_OPTIMIZERS for p in missing), missing  # only points that were skipped
     # every table cell of this experiment is filled by some composable point, unless its optimizer is missing
-    for spec in tables.tables_for_experiment(experiment):
+    for spec in published.tables_for_experiment(experiment):
         for b in spec.blocks:
             for r in spec.rows:
                 if (
@@ -204,16 +208,14 @@ def test_grid_composes_to_the_published_recipe_and_covers_the_table(experiment):
                     continue
                 for c in spec.columns:
                     select = {**b.select, **r.select, **c.select}
-                    assert any(results.selects(_getter(cfg), select) for cfg in composed), (spec.name, select)
-
-
-def test_published_rows_map_to_the_definitions_that_produced_them():
-    """DESIGN.md's naming note: published SAMDIRECTION = our sammagnitude and vice versa."""
-    rows = {r.label: r.select["optimizer"] for r in tables.A_ACCURACY.rows}
-    assert rows == {"SAM": "sam", "SAMDIRECTION": "sammagnitude", "SAMMAGNITUDE": "samdirection"}
-    assert tables.A_SHARPNESS.rows == tables.A_ACCURACY.rows
-    text = (CONF / "experiment" / "empirical_sam_accuracy.yaml").read_text()
-    assert "SAMDIRECTION row was produced by |g_s| * sign(g) = OUR `sammagnitude`" in " ".join(text.split())
+                    mine = [cfg for cfg in composed if selects(_getter(cfg), select)]
+                    assert mine, (spec.name, select)
+                    # published.yaml's recipe is the one source make_tables judges runs by: the experiment
+                    # must run exactly it
+                    for cfg in mine:
+                        get = _getter(cfg)
+                        for key, want in spec.cell_recipe(b, r, c).items():
+                            assert same(_plain(get(key)), want), (spec.name, key, get(key), want)
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +271,8 @@ def test_experiment_trains_one_tiny_job_into_its_table_cell(experiment, fake_cif
     run_dir = tmp_path / "job"
     summary = train_point([*point, *tiny], run_dir)
     assert summary["status"] == "finished" and summary["config"]["experiment"] == experiment
-    made = results.tables_for_runs(results.find_runs([run_dir]))
-    assert {t.spec.name for t in made} == {t.name for t in tables.tables_for_experiment(experiment)}
+    made = tables_for_runs(find_runs([run_dir]))
+    assert {t.spec.name for t in made} == {t.name for t in published.tables_for_experiment(experiment)}
     for table in made:
         assert not table.unplaced, table.spec.name
         assert sum(bool(c.n or c.missing_metric) for c in table.cells.values()) >= 1, table.spec.name
@@ -282,139 +284,11 @@ def test_experiment_trains_one_tiny_job_into_its_table_cell(experiment, fake_cif
             metric = table.spec.cell_metric(next(c for c in table.spec.columns if c.label == col))
             raw = summary.get(metric.key)
             if metric.best_epoch:
-                raw = max(r["test/acc"] for r in results.Run(run_dir).history)
+                raw = max(r["test/acc"] for r in Run(run_dir).history)
             if raw is None:
                 assert metric.key.startswith("sharpness/") and cell.n == 0, metric.key
             else:
                 assert cell.values == [pytest.approx(metric.show(raw))] and math.isfinite(raw)
-
-
-def _runs_dir(tmp_path: Path, spec: list[tuple[dict, dict | None, list[dict]]]) -> Path:
-    """Hand-made job dirs: (hydra choices + config values, summary or None, metrics.jsonl records)."""
-    sweep = tmp_path / "sweep"
-    for i, (values, summary, history) in enumerate(spec):
-        job = sweep / f"{i}_job"
-        (job / ".hydra").mkdir(parents=True)
-        choices = {
-            k: v for k, v in values.items() if k in ("data", "model", "optimizer", "experiment", "arm")
-        }
-        config = {k: v for k, v in values.items() if k not in choices}
-        OmegaConf.save(
-            OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job / ".hydra/hydra.yaml"
-        )
-        OmegaConf.save(
-            OmegaConf.from_dotlist([f"{k}={v}" for k, v in config.items()]), job / ".hydra/config.yaml"
-        )
-        OmegaConf.save(OmegaConf.create([]), job / ".hydra/overrides.yaml")
-        if summary is not None:
-            (job / "summary.json").write_text(json.dumps(summary))
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    return sweep
-
-
-def test_make_tables_cells_published_values_and_unfinished_runs(tmp_path):
-    base = {"experiment": "empirical_sam_accuracy", "data": "cifar100", "model": "resnet18", "epochs": 200}
-    spec = [
-        # three seeds of SAM rho 0.1: 79, 80, 81 -> 80.00 ± 1.00 (n=3), published 79.24, delta +0.76
-        *(
-            (
-                {**base, "optimizer": "sam", "rho": 0.1, "seed": s},
-                {"status": "finished", "best_val/test_acc": acc, "rho": 0.1, "seed": s},
-                [],
-            )
-            for s, acc in enumerate((0.79, 0.80, 0.81))
-        ),
-        # our sammagnitude is the published SAMDIRECTION row
-        (
-            {**base, "optimizer": "sammagnitude", "rho": 0.2, "seed": 0},
-            {"status": "finished", "best_val/test_acc": 0.5},
-            [],
-        ),
-        # a job that died in epoch 38, and one that diverged
-        (
-            {**base, "optimizer": "samdirection", "rho": 0.4, "seed": 0},
-            None,
-            [{"epoch": e} for e in range(1, 38)],
-        ),
-        ({**base, "optimizer": "sam", "rho": 0.4, "seed": 0}, {"status": "diverged"}, [{"epoch": 1}]),
-    ]
-    sweep = _runs_dir(tmp_path, spec)
-    out_csv = tmp_path / "t.csv"
-    text = _make_tables([str(sweep), "--csv", str(out_csv)])
-    lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("| method"))
-    assert header == "| method | rho=0.1 | pub | Δ | rho=0.2 | pub | Δ | rho=0.4 | pub | Δ |"
-    block = lines[lines.index("**ResNet-18**") :]
-    sam = next(line for line in block if line.startswith("| SAM |"))
-    assert _cells(sam)[1:4] == ["80.00 ± 1.00 (n=3)", "79.24", "+0.76"]
-    assert _cells(sam)[7:] == ["— [1 not finished]", "79.44", ""]
-    direction = next(line for line in block if line.startswith("| SAMDIRECTION [ours: sammagnitude"))
-    assert _cells(direction)[1:7] == ["—", "77.89", "", "50.00", "78.52", "-28.52"]
-    r50 = lines[lines.index("**ResNet-50**") :]
-    assert _cells(next(line for line in r50 if line.startswith("| SAM |")))[1:4] == ["—", "??", ""]
-    assert "Runs not finished (2 of 6):" in text
-    assert "no summary.json (failed, killed or still running; 37/200 epochs in metrics.jsonl)" in text
-    assert "status='diverged'" in text
-    csv_lines = out_csv.read_text().splitlines()
-    assert len(csv_lines) == 1 + 36 + 9  # these runs also fill the sharpness table (ResNet-18)
-    assert any(
-        line.startswith("A-accuracy,ResNet-18,SAM,rho=0.1,") and ",3,80.0000,1.0000,79.24,0.7600," in line
-        for line in csv_lines
-    )
-
-
-def test_make_tables_best_epoch_and_error_metrics(tmp_path):
-    """Table B's "best" is the max over epochs of test/acc; table D shows test error."""
-    fsam = {
-        "experiment": "friendly_sam",
-        "data": "cifar100",
-        "model": "resnet18",
-        "optimizer": "fsam",
-        "rho": 0.2,
-    }
-    hist = [{"epoch": 1, "test/acc": 0.70}, {"epoch": 2, "test/acc": 0.815}, {"epoch": 3, "test/acc": 0.81}]
-    ref = {
-        "experiment": "sam_reference_wrn16_8",
-        "data": "cifar10",
-        "model": "wrn16_8",
-        "optimizer": "asam",
-        "rho": 2.0,
-    }
-    sweep = _runs_dir(
-        tmp_path,
-        [
-            ({**fsam, "optimizer.lmbda": 0.6}, {"status": "finished", "test/acc": 0.81}, hist),
-            (ref, {"status": "finished", "test/acc": 0.97}, []),
-        ],
-    )
-    text = _make_tables([str(sweep)])
-    row = next(line for line in text.splitlines() if line.startswith("| F-SAM lambda=0.6 |"))
-    assert _cells(row)[1:] == ["81.00", "81.19", "-0.19", "81.50", "81.38", "+0.12"]
-    row = next(line for line in text.splitlines() if line.startswith("| ASAM rho=2.0 |"))
-    assert _cells(row)[1:] == ["3.00", "2.55", "+0.45"]
-    assert "All 2 runs finished." in text
-
-
-def _cells(line: str) -> list[str]:
-    """The cells of a Markdown table line, the row label first."""
-    return [c.strip() for c in line.strip().strip("|").split(" | ")]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _make_tables(argv: list[str]) -> str:
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert _script("make_tables").main(argv) == 0
-    return buf.getvalue()
 
 
 def test_job_threads_and_gpu_of_a_local_job(monkeypatch):
@@ -515,21 +389,21 @@ def test_submitit_local_sweep_tables_and_plots(tmp_path):
     (broken / ".hydra").mkdir(parents=True)
     for f in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         (broken / ".hydra" / f).write_text((jobs[-1] / ".hydra" / f).read_text())
-    text = _make_tables([str(sweep), "--csv", str(tmp_path / "t.csv")])
+    text = make_tables_text([str(sweep), "--csv", str(tmp_path / "t.csv")])
     lines = text.splitlines()
     top = lines.index("**resnet18, digits**")
-    assert lines[top + 2 : top + 4] == ["| method | rho=0.05 | rho=0.1 |", "|---|---:|---:|"]
+    assert lines[top + 2 : top + 4] == ["| method | no rho | rho=0.05 | rho=0.1 |", "|---|---:|---:|---:|"]
     body = lines[top + 4 : top + 6]
     acc = {k: f"{100 * s['best_val/test_acc']:.2f}" for k, s in summaries.items()}
     assert body == [
-        f"| sgd | {acc[('sgd', 0.05)]} | {acc[('sgd', 0.1)]} |",
-        f"| sam | {acc[('sam', 0.05)]} | {acc[('sam', 0.1)]} [1 not finished] |",
+        f"| sgd (no rho) | {acc[('sgd', 0.05)]} |  |  |",  # sgd ignores rho: one value, not one per rho
+        f"| sam |  | {acc[('sam', 0.05)]} | {acc[('sam', 0.1)]} [1 not finished] |",
     ]
     assert f"- {broken.resolve()}: no summary.json" in text
-    assert len((tmp_path / "t.csv").read_text().splitlines()) == 1 + 4
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 1 + 3
 
     out = tmp_path / "plots"
-    assert _script("plot_runs").main([str(sweep), "--out", str(out)]) == 0
+    assert run_script("plot_runs").main([str(sweep), "--out", str(out)]) == 0
     for name in ("curves.png", "ratio_gt1.png", "vs_rho.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
@@ -594,7 +468,7 @@ def test_preempted_local_job_is_requeued_and_resumes(tmp_path):
             main.kill()
     (job,) = [p.parent for p in sweep.glob("*/summary.json")]
     assert json.loads((job / "summary.json").read_text())["status"] == "finished"
-    history = results.Run(job).history
+    history = Run(job).history
     assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
     resumed = re.search(r"resumed from .* after epoch (\d+)", (job / "train.log").read_text())
     assert resumed and 1 <= int(resumed.group(1)) < epochs  # continued mid-run, not from scratch
