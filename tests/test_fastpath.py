@@ -1,4 +1,4 @@
-"""The fast path of DESIGN.md section 7: no host sync in a step, one extra buffer for SAM, foreach statistics,
+"""The fast path (docs/performance.md): no host sync in a step, one extra buffer for SAM, foreach statistics,
 bf16 autocast with fp32 master weights, compile only where allowed. CUDA-only checks skip without a GPU."""
 
 import math

@@ -219,7 +219,7 @@ def test_trainer_per_batch_and_best_val(tmp_path):
 
 
 def test_disabled_and_bad_values(tmp_path):
-    assert compose_cfg([]).metrics.sharpness.enabled  # on by default, for every optimizer (DESIGN.md 5)
+    assert compose_cfg([]).metrics.sharpness.enabled  # on by default, for every optimizer
     summary = run(compose_cfg([*TINY, "metrics.sharpness.enabled=false"]), tmp_path / "off")
     assert not any(k.startswith("sharpness/") for k in summary)
     from sam_lab.config import ConfigError

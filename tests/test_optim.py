@@ -1,4 +1,4 @@
-"""Pins the optimizer semantics of DESIGN.md section 4 with hand-checkable cases."""
+"""Pins the optimizer semantics of docs/optimizers.md with hand-checkable cases."""
 
 import copy
 

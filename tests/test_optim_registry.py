@@ -1,5 +1,5 @@
 """Registry-driven: every file in conf/optimizer/ trains through `sam_lab.train.run` (a new option is tested
-automatically), learns on real images, and logs the update-magnitude statistics of DESIGN.md section 5."""
+automatically), learns on real images, and logs the update-magnitude statistics (docs/optimizers.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Pins the SAM-variant family of DESIGN.md section 4: every expected value is computed here, independently
+"""Pins the SAM-variant family of docs/optimizers.md: every expected value is computed here, independently
 of the optimizers, from the equations (flat vectors, explicit Hessians), on tiny hand-checkable problems."""
 
 import copy

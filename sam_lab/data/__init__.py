@@ -1,4 +1,4 @@
-"""Datasets as uint8 tensors plus device-side batching (see DESIGN.md sections 3 and 7)."""
+"""Datasets as uint8 tensors plus device-side batching (docs/performance.md: why data stays on the device)."""
 
 from sam_lab.data.base import Augment, DataBundle, DataError, ImageSet
 from sam_lab.data.cifar import load_cifar
