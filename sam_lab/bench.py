@@ -12,38 +12,94 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 
 import torch
 
 from sam_lab.perf import BenchConfig, format_table, run_bench
+from sam_lab.perf.measure import our_overrides
+from sam_lab.perf.runners import CONF, config_names
+
+PROG = "python -m sam_lab.bench"
+
+
+def at_least(lo: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= lo (argparse turns the ValueError into a usage error, exit 2)."""
+
+    def parse_int(text: str) -> int:
+        value = int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {value}")
+        return value
+
+    parse_int.__name__ = f"integer >= {lo}"
+    return parse_int
+
+
+def check_configs(p: argparse.ArgumentParser, cfg: BenchConfig) -> None:
+    """Compose and validate every (model, optimizer) config now, so a bad override is a usage error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam_lab.config import ConfigError, register, validate
+
+    register()
+    try:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            for model in cfg.models:
+                for opt in cfg.optimizers:
+                    validate(compose("train", overrides=our_overrides(cfg, model, opt)))
+    except (HydraException, OmegaConfBaseException, ConfigError) as err:
+        p.error(str(err).strip().splitlines()[0])
 
 
 def parse(argv: list[str] | None = None) -> BenchConfig:
-    p = argparse.ArgumentParser(prog="python -m sam_lab.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["resnet18"], help="conf/model names (default resnet18)")
-    p.add_argument("--width", type=int, default=None, help="model.width override (default: the config's)")
-    p.add_argument("--optimizers", nargs="+", default=["sgd", "sam"], help="conf/optimizer names")
-    p.add_argument("--batch-size", type=int, default=128)
+    """Parse and check the command line; on bad arguments print one usage error line and exit 2."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    models, optimizers = config_names("model"), config_names("optimizer")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet18"],
+        choices=models,
+        metavar="MODEL",
+        help=f"conf/model names: {', '.join(models)} (default resnet18)",
+    )
+    p.add_argument("--width", type=at_least(1), default=None, help="model.width override (default: config's)")
+    p.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["sgd", "sam"],
+        choices=optimizers,
+        metavar="OPT",
+        help=f"conf/optimizer names: {', '.join(optimizers)} (default sgd sam)",
+    )
+    p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="ours only")
     p.add_argument("--compile", action="store_true", help="trainer.compile=true (ours; not for 2nd order)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="ours only")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    p.add_argument("--repeats", type=int, default=5, help="rounds; figures are medians over rounds")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
+    p.add_argument("--steps", type=at_least(1), default=10, help="timed steps per round")
+    p.add_argument("--repeats", type=at_least(1), default=5, help="rounds; figures are medians over rounds")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed steps per configuration")
     p.add_argument(
         "--images",
-        type=int,
+        type=at_least(1),
         default=None,
         help="synthetic training images (50000: CIFAR-sized; default batch x max(2, steps))",
     )
-    p.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers of the reference loop")
+    p.add_argument(
+        "--ref-workers", type=at_least(0), default=0, help="DataLoader workers of the reference loop"
+    )
     p.add_argument("--no-reference", dest="reference", action="store_false")
-    p.add_argument("--grad-stats-every", type=int, default=0, help="metrics.grad_stats_every (ours)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--grad-stats-every", type=at_least(0), default=0, help="metrics.grad_stats_every (ours)")
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for ours, e.g. rho=0.1")
     a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = BenchConfig(
@@ -65,6 +121,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
         extra=a.overrides,
     )
     cfg.json = a.json  # type: ignore[attr-defined]
+    check_configs(p, cfg)
     return cfg
 
 
@@ -87,7 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         f"# {' '.join(['python -m sam_lab.bench', *(argv if argv is not None else sys.argv[1:])])}",
         flush=True,
     )
-    rows = run_bench(cfg, log=lambda s: print(f"# {s}", file=sys.stderr, flush=True))
+    from sam_lab.train import USER_ERRORS
+
+    try:
+        rows = run_bench(cfg, log=lambda s: print(f"# {s}", file=sys.stderr, flush=True))
+    except USER_ERRORS as err:  # e.g. data or config checks of the trainer: one line, like argparse
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(format_table(rows))
     print(
         "# medians over rounds; +-%: half the range of the rounds; x SGD and speed-up: per-round ratios "

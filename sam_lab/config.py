@@ -83,6 +83,11 @@ class SharpnessProtocol(str, Enum):
     per_batch = "per_batch"  # empirical-SAM reference: lambda_max of each of `per_batch_count` batches
 
 
+class EigenOrder(str, Enum):
+    LM = "LM"  # largest magnitude
+    LA = "LA"  # largest algebraic
+
+
 @dataclass
 class SharpnessConfig:
     """Top Hessian eigenvalue(s) of the training loss; docs/sharpness.md, sam_lab/metrics/hessian.py."""
@@ -104,8 +109,18 @@ class SharpnessConfig:
     density_steps: int = at_least(2, 64)  # Lanczos steps of the density (one probe)
     tol: float = within(1e-12, 0.5, 1e-3)  # relative residual of the Ritz pairs (ARPACK's rule)
     protocol: SharpnessProtocol = SharpnessProtocol.standard
-    per_batch_count: int = at_least(1, 40)  # per_batch protocol: batches of the subset ...
-    per_batch_size: int = at_least(1, 128)  # ... of this size
+    # per_batch protocol (the empirical-SAM study's code; docs/sharpness.md): the top `per_batch_top_k`
+    # eigenvalues of each of `per_batch_count` batches of `per_batch_size`, pooled
+    per_batch_count: int = at_least(1, 40)
+    per_batch_size: int = at_least(1, 128)
+    per_batch_top_k: int = at_least(1, 5)
+    per_batch_which: EigenOrder = EigenOrder.LM  # LM: largest magnitude (PyHessian's deflation) | LA: largest
+    per_batch_augment: bool = (
+        False  # batches from the augmented training stream (the study) or a fixed subset
+    )
+    per_batch_cutout_p: float = within(
+        0.0, 1.0, 0.5
+    )  # with per_batch_augment: cutout probability (study: 0.5)
     seed: int = 0  # subset and start vectors; independent of the training seed
 
 

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from sam_lab.config import precision, progress, value_of
 from sam_lab.data import Batches, DataBundle
+from sam_lab.metrics.density import plot_density
 from sam_lab.metrics.grad_stats import grad_stats
-from sam_lab.metrics.hessian import plot_density
 from sam_lab.metrics.protocol import sharpness_of
 from sam_lab.metrics.running import Sums
 from sam_lab.optim.closure import batch_closure

@@ -12,8 +12,10 @@ from torch import nn
 
 from sam_lab import bench
 from sam_lab.optim import SAM
-from sam_lab.perf.measure import COLUMNS, BenchConfig, Ours, Reference, _ratios, format_table, our_overrides
+from sam_lab.perf.measure import BenchConfig, _ratios, our_overrides
 from sam_lab.perf.reference import ReferenceSAM, disable_running_stats, enable_running_stats
+from sam_lab.perf.runners import Ours, Reference
+from sam_lab.perf.table import COLUMNS, format_table
 from tests.conftest import ROOT
 
 TINY_BENCH = ["--models", "resnet18", "--width", "4", "--batch-size", "8", "--steps", "2", "--repeats", "2"]
@@ -124,3 +126,73 @@ def test_images_flag_sets_the_synthetic_set_of_both_loops(tmp_path):
     ours = Ours(our_overrides(cfg, "resnet18", "sgd"), tmp_path)
     ref = Reference(ours, sam=False, num_workers=0)
     assert len(ours.trainer.train_batches) == 5 and len(ref.loop.loader.dataset) == 40
+
+
+BAD_ARGS = [
+    (["--steps", "0"], "--steps"),
+    (["--steps", "x"], "--steps"),
+    (["--repeats", "-1"], "--repeats"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--width", "0"], "--width"),
+    (["--images", "0"], "--images"),
+    (["--threads", "0"], "--threads"),
+    (["--ref-workers", "-2"], "--ref-workers"),
+    (["--models", "resnet18", "vgg11"], "invalid choice: 'vgg11'"),
+    (["--optimizers", "sgd", "adamw"], "invalid choice: 'adamw'"),
+    (["--precision", "fp16"], "--precision"),
+    (["rho=-1"], "rho=-1"),
+    (["no_such_key=1"], "no_such_key"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--device", "cpu", *argv])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("python -m sam_lab.bench: error:") and message in last, last
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--device", "cuda"])
+    assert exc.value.code == 2 and "no CUDA device" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_allowed_names_come_from_the_config_groups():
+    from sam_lab.perf.runners import CONF, config_names
+
+    assert config_names("optimizer") == sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+    assert {"sgd", "sam"} <= set(config_names("optimizer")) and "resnet18" in config_names("model")
+
+
+def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "sam_lab.bench", *args], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+
+
+def test_subprocess_bad_argument_exits_2_without_traceback():
+    out = _run_cli(["--steps", "0"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1].startswith("python -m sam_lab.bench: error: argument --steps")
+
+
+def test_stdout_holds_only_the_table():
+    """No profiler chatter (kineto's 'USDT: ... profiler_start') on either stream; stdout: the table."""
+    args = ["--width", "4", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup", "0"]
+    out = _run_cli([*args, "--threads", "1", "--device", "cpu", "--optimizers", "sgd", "--no-reference"])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    table = [ln for ln in lines if not ln.startswith("# ")]
+    assert len(lines) == 3 + len(table) and lines[0].startswith("# ") and lines[-1].startswith("# medians")
+    assert table[0].split()[:3] == ["model", "impl", "opt"] and set(table[1]) <= {"-", " "}
+    assert [r.split()[:3] for r in table[2:]] == [["resnet18", "ours", "sgd"]]
+    assert "USDT" not in out.stdout + out.stderr and "profiler_st" not in out.stdout + out.stderr
+    assert all(ln.startswith("# ") for ln in out.stderr.splitlines()), out.stderr  # progress lines only

@@ -57,6 +57,12 @@ EMPIRICAL = {
     "data.val_size": 5000,
     "trainer.label_smoothing": 0.0,
     "metrics.sharpness.protocol": "per_batch",
+    "metrics.sharpness.weights": "best_val",
+    "metrics.sharpness.per_batch_count": 40,
+    "metrics.sharpness.per_batch_size": 256,
+    "metrics.sharpness.per_batch_top_k": 5,
+    "metrics.sharpness.per_batch_augment": True,
+    "metrics.sharpness.per_batch_cutout_p": 0.5,
 }
 RECIPES = {
     "empirical_sam_accuracy": EMPIRICAL,

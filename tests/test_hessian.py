@@ -9,14 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
 
-from sam_lab.metrics.hessian import (
-    HessianOperator,
-    hessian_density,
-    hessian_eigs,
-    hessian_trace,
-    per_batch_lambda_max,
-    plot_density,
-)
+from sam_lab.data import load_synthetic
+from sam_lab.data.base import Augment
+from sam_lab.metrics.density import hessian_density, plot_density
+from sam_lab.metrics.hessian import HessianOperator, hessian_eigs, hessian_trace
+from sam_lab.metrics.sharpness import measure, measure_per_batch, per_batch_batches
 from sam_lab.run.files import read_jsonl
 from sam_lab.train import run
 from tests.conftest import TINY, compose_cfg
@@ -164,13 +161,95 @@ def test_density_nodes_and_png(case, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_per_batch_protocol_matches_each_batch():
-    model, batches = tiny_model(bn=False), tiny_batches()
-    res = per_batch_lambda_max(model, None, batches, tol=1e-7)
-    exact = [float(torch.linalg.eigvalsh(explicit_hessian(model, [b])).max()) for b in batches]
-    assert res.values == pytest.approx(exact, rel=1e-4)
-    assert res.max == pytest.approx(max(exact), rel=1e-4)
-    assert res.mean == pytest.approx(sum(exact) / 3, rel=1e-4)
+def _tiny31():
+    """3 -> 4 -> 3 tanh MLP: 31 parameters, so every batch's Hessian is formed and diagonalised exactly."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+
+def _tiny31_batches(count=4, size=6):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(count * size, 3, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 3, (count * size,), generator=g)
+    return list(zip(x.split(size), y.split(size)))
+
+
+def _exact_batch_eigs(model, batch) -> torch.Tensor:
+    """eigvalsh of one batch's explicit Hessian (torch.autograd.functional.hessian over the flat weights)."""
+    params = dict(model.named_parameters())
+    shapes = {k: p.shape for k, p in params.items()}
+    flat0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def loss(flat):
+        chunks = dict(zip(shapes, flat.split([s.numel() for s in shapes.values()])))
+        w = {k: c.view(shapes[k]) for k, c in chunks.items()}
+        return F.cross_entropy(functional_call(model, w, (batch[0],)), batch[1])
+
+    return torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat0))
+
+
+def test_per_batch_protocol_matches_explicit_hessians():
+    """Pooled top-5 by magnitude (PyHessian's power iteration with deflation), then the study's summary."""
+    model, batches = _tiny31(), _tiny31_batches()
+    assert sum(p.numel() for p in model.parameters()) == 31
+    pooled = []
+    for b in batches:
+        ev = _exact_batch_eigs(model, b)
+        mag = ev.abs().sort(descending=True)
+        assert mag.values[4] > 1.001 * mag.values[5]  # the top 5 by magnitude are well defined
+        pooled += ev[mag.indices[:5]].tolist()
+    pos = [v for v in pooled if v > 0]
+    neg_frac = sum(v < 0 for v in pooled) / len(pooled)
+    assert 0 < neg_frac < 1  # negative curvature among the top 5: 'LM' and 'LA' differ here
+    hvps = []
+    got = measure_per_batch(model, None, batches, top_k=5, tol=1e-12, on_hvp=hvps.append)
+    assert got["sharpness/per_batch_max"] == pytest.approx(max(pos), rel=1e-6)
+    assert got["sharpness/per_batch_mean"] == pytest.approx(sum(pos) / len(pos), rel=1e-6)
+    assert got["sharpness/per_batch_neg_frac"] == pytest.approx(neg_frac, abs=1e-12)
+    assert got["sharpness/n_hvp"] == len(hvps) == hvps[-1] > 0 and got["sharpness/seconds"] > 0
+    la = measure_per_batch(model, None, batches, top_k=5, tol=1e-12, which="LA")
+    exact_la = [v for b in batches for v in _exact_batch_eigs(model, b).flip(0)[:5].tolist()]
+    assert la["sharpness/per_batch_neg_frac"] == sum(v < 0 for v in exact_la) / len(exact_la)
+
+
+def test_per_batch_no_positive_is_nan():
+    from sam_lab.metrics.sharpness import pool_per_batch
+
+    out = pool_per_batch([-1.0, -2.0])
+    assert math.isnan(out["sharpness/per_batch_max"]) and math.isnan(out["sharpness/per_batch_mean"])
+    assert out["sharpness/per_batch_neg_frac"] == 1.0
+
+
+def test_measure_keys_and_progress(case):
+    model, batches, exact = case
+    ticks = []
+    res = measure(model, None, batches, top_k=2, trace=3, tol=1e-7, density_steps=5, on_hvp=ticks.append)
+    m = res.metrics
+    assert m["sharpness/lambda_max"] == pytest.approx(float(exact.max()), rel=1e-4)
+    assert m["sharpness/top_k"][0] == m["sharpness/lambda_max"] and len(m["sharpness/top_k"]) == 2
+    assert {"sharpness/trace", "sharpness/trace_se", "sharpness/seconds"} <= set(m)
+    assert "sharpness/converged" not in m
+    assert ticks == list(range(1, m["sharpness/n_hvp"] + 1))
+    assert res.density is not None and res.density.n_hvp == 5
+    plain = measure(model, None, batches).metrics
+    assert set(plain) == {"sharpness/lambda_max", "sharpness/n_hvp", "sharpness/seconds"}
+    assert measure(model, None, batches).density is None
+
+
+def test_per_batch_batches_fixed_and_augmented():
+    data = load_synthetic(num_train=64, num_test=1)
+    fixed = per_batch_batches(data, 3, 8, "cpu", seed=0)
+    assert [len(y) for _, y in fixed] == [8, 8, 8]
+    again = per_batch_batches(data, 3, 8, "cpu", seed=0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(fixed, again))
+    data.augment = Augment(crop=4, flip=True, cutout=16)
+    aug = per_batch_batches(data, 10, 8, "cpu", seed=0, augment=True, cutout_p=0.5)  # 8 per epoch: 2 epochs
+    assert len(aug) == 10 and all(x.shape == (8, 3, 32, 32) for x, _ in aug)
+    x = torch.cat([x for x, _ in aug])
+    # a 16x16 cutout square is exactly 0 after normalisation; about half of the images have one
+    zero_rows = (x == 0).all(dim=1).flatten(1).sum(1)  # zeroed pixels per image
+    frac = float((zero_rows >= 64).float().mean())
+    assert 0.2 < frac < 0.8, frac
 
 
 def test_trainer_writes_sharpness(tmp_path):
@@ -214,12 +293,36 @@ def test_trainer_per_batch_and_best_val(tmp_path):
     ]
     summary = run(compose_cfg(over), tmp_path / "run")
     assert summary["sharpness/per_batch_max"] >= summary["sharpness/per_batch_mean"]
+    assert 0 <= summary["sharpness/per_batch_neg_frac"] <= 1
     assert "sharpness/lambda_max" not in summary
     assert summary["sharpness/weights_epoch"] == summary["best_val/epoch"]
 
 
+def test_trainer_per_batch_options_reach_the_protocol(tmp_path):
+    """The run's per_batch settings (augmented stream, cutout p, top-k, order) give exactly what the pure
+    functions give on the same batches and best-val weights."""
+    from sam_lab.metrics.sharpness import per_batch_batches as batches_of
+    from sam_lab.run.summary import best_model
+    from sam_lab.train import build
+
+    over = [*TINY, "metrics.sharpness.enabled=true", "metrics.sharpness.protocol=per_batch",
+            "metrics.sharpness.per_batch_count=2", "metrics.sharpness.per_batch_size=8",
+            "metrics.sharpness.per_batch_top_k=2", "metrics.sharpness.per_batch_which=LA",
+            "metrics.sharpness.per_batch_augment=true", "metrics.sharpness.per_batch_cutout_p=0.5",
+            "metrics.sharpness.weights=best_val", "data.augment.cutout=8"]  # fmt: skip
+    trainer = build(compose_cfg(over), tmp_path / "run")
+    summary = trainer.fit()
+    batches = batches_of(trainer.data, 2, 8, "cpu", seed=0, augment=True, cutout_p=0.5, channels_last=True)
+    fixed = batches_of(trainer.data, 2, 8, "cpu", seed=0, augment=False, channels_last=True)
+    assert not torch.equal(batches[0][0], fixed[0][0])  # the augmented stream, not the fixed subset
+    want = measure_per_batch(best_model(trainer), trainer.loss_fn, batches, top_k=2, tol=1e-3, which="LA")
+    for key in ("sharpness/per_batch_max", "sharpness/per_batch_mean", "sharpness/per_batch_neg_frac"):
+        assert summary[key] == pytest.approx(want[key], rel=1e-5), key
+    assert summary["sharpness/n_hvp"] == want["sharpness/n_hvp"]
+
+
 def test_disabled_and_bad_values(tmp_path):
-    assert compose_cfg([]).metrics.sharpness.enabled  # on by default, for every optimizer
+    assert compose_cfg([]).metrics.sharpness.enabled  # on by default, for every optimizer (docs/sharpness.md)
     summary = run(compose_cfg([*TINY, "metrics.sharpness.enabled=false"]), tmp_path / "off")
     assert not any(k.startswith("sharpness/") for k in summary)
     from sam_lab.config import ConfigError

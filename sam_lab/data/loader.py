@@ -36,12 +36,17 @@ def augment_batch(
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero a size x size square centred at (cy[b], cx[b]) in each image, clipped at the borders."""
+def cutout(
+    x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, apply: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Zero a size x size square centred at (cy[b], cx[b]) in each image, clipped at the borders; only in
+    the images where `apply[b]` is True when `apply` (bool, (B,)) is given."""
     h, w = x.shape[-2:]
     y0, x0 = (cy - size // 2)[:, None], (cx - size // 2)[:, None]
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     inside = ((ys >= y0) & (ys < y0 + size))[:, :, None] & ((xs >= x0) & (xs < x0 + size))[:, None, :]
+    if apply is not None:
+        inside = inside & apply[:, None, None]
     return x.masked_fill(inside[:, None], 0.0)
 
 
@@ -72,9 +77,13 @@ class Batches:
         shuffle: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        cutout_p: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= cutout_p <= 1.0:
+            raise ValueError(f"cutout_p must be in [0, 1], got {cutout_p}")
+        self.cutout_p = cutout_p  # probability that an image gets the cutout square (1: every image)
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -103,6 +112,8 @@ class Batches:
             h, w = self.images.shape[-2:]
             r["cy"] = torch.randint(0, h, (n,), generator=g)
             r["cx"] = torch.randint(0, w, (n,), generator=g)
+            if self.cutout_p < 1.0:  # drawn last: runs with cutout_p=1 see the same stream as before
+                r["cut"] = torch.rand(n, generator=g) < self.cutout_p
         return {k: v.to(self.device, non_blocking=True) for k, v in r.items()}
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,7 +129,7 @@ class Batches:
                 x = augment_batch(x, r["dx"][sl], r["dy"][sl], r["flip"][sl], a.crop)
             x = normalize(x, self.mean, self.std)
             if "cy" in r:
-                x = cutout(x, r["cy"][sl], r["cx"][sl], a.cutout)
+                x = cutout(x, r["cy"][sl], r["cx"][sl], a.cutout, r["cut"][sl] if "cut" in r else None)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

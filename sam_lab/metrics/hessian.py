@@ -1,4 +1,4 @@
-"""Curvature of a loss: Hessian-vector products, top eigenvalues, trace and spectral density.
+"""Curvature of a loss: Hessian-vector products, top eigenvalues and the trace.
 
 Everything works on any `model`, `loss_fn(output, target) -> mean loss of the batch` and re-iterable
 `batches` of `(x, y)`; nothing here knows about the trainer. The operator is the Hessian of the MEAN loss
@@ -11,16 +11,16 @@ so the result does not depend on how the examples are split into batches (the sp
 * Hessian-vector products by double backward (`torch.autograd.grad` of `<grad L, v>`), batch by batch, in
   fp32 with autocast off, model in eval mode (BatchNorm uses its running statistics and never updates them;
   the train/eval flag of every module is restored afterwards). `.grad` of the parameters is not touched.
-* `hessian_eigs`: the k largest (algebraic) eigenvalues with scipy's `eigsh` (ARPACK implicitly restarted
-  Lanczos) on a `LinearOperator`; or a plain power iteration with the same stopping rule, for comparison.
-  Stopping rule (ARPACK's): every wanted Ritz pair (theta, u) has residual ||H u - theta u|| <= tol * |theta|.
-  For a symmetric matrix this bounds the eigenvalue error by tol * |theta| (usually far less: the error is
-  ~ residual^2 / gap).
+* `hessian_eigs`: the k largest eigenvalues (algebraic, which="LA", or by magnitude, which="LM") with
+  scipy's `eigsh` (ARPACK implicitly restarted Lanczos) on a `LinearOperator`; or a plain power iteration
+  with the same stopping rule, for comparison. Stopping rule (ARPACK's): every wanted Ritz pair
+  (theta, u) has residual ||H u - theta u|| <= tol * |theta|. For a symmetric matrix this bounds the
+  eigenvalue error by tol * |theta| (usually far less: the error is ~ residual^2 / gap).
 * `hessian_trace`: Hutchinson's estimator with Rademacher probes, mean of z^T H z and its standard error.
-* `hessian_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019, as in PyHessian), a Gaussian-
-  smoothed eigenvalue density; `plot_density` saves it as a PNG.
+* The spectral density (stochastic Lanczos quadrature) is in `sam_lab.metrics.density`.
 
-Deterministic for a fixed `seed` (probe and start vectors come from seeded generators).
+Every function takes `on_hvp(n)`, called after the n-th Hessian-vector product (e.g. a progress bar's
+update). Deterministic for a fixed `seed` (probe and start vectors come from seeded generators).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
+OnHvp = Callable[[int], None]
 
 
 @contextlib.contextmanager
@@ -60,8 +60,10 @@ class HessianOperator:
     `with op:` (or through the functions below) so the model is in eval mode while products are taken.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]) -> None:
-        self.model, self.loss_fn, self.batches = model, loss_fn, batches
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], on_hvp: OnHvp | None = None
+    ) -> None:
+        self.model, self.loss_fn, self.batches, self.on_hvp = model, loss_fn, batches, on_hvp
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.numel = sum(p.numel() for p in self.params)
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
@@ -89,7 +91,8 @@ class HessianOperator:
         no_autocast = torch.autocast(self.device.type, enabled=False)
         for x, y in self.batches:
             with torch.enable_grad(), no_autocast:
-                yield self.loss_fn(self.model(x).float(), y), len(y)
+                out = self.model(x)  # fp32 at least (fp64 models stay fp64)
+                yield self.loss_fn(out.to(torch.promote_types(out.dtype, torch.float32)), y), len(y)
 
     def loss_and_grad(self) -> tuple[float, Tensor]:
         """Mean loss and its flat gradient (one backward per batch)."""
@@ -115,6 +118,8 @@ class HessianOperator:
             out.add_(self._flat(hv), alpha=n)
             count += n
         self.n_hvp += 1
+        if self.on_hvp is not None:
+            self.on_hvp(self.n_hvp)
         return out / count
 
     __call__ = matvec
@@ -122,7 +127,7 @@ class HessianOperator:
 
 @dataclass
 class EigResult:
-    """The k largest eigenvalues (descending) and what they cost."""
+    """The k wanted eigenvalues (descending by value for which="LA", by magnitude for "LM"), their cost."""
 
     eigenvalues: list[float]
     n_hvp: int
@@ -135,6 +140,7 @@ class EigResult:
 
     @property
     def lambda_max(self) -> float:
+        """The first eigenvalue: the largest one ("LA"), or the one of largest magnitude ("LM")."""
         return self.eigenvalues[0]
 
 
@@ -149,21 +155,10 @@ class TraceResult:
     seconds: float
 
 
-@dataclass
-class DensityResult:
-    """Stochastic Lanczos quadrature: Ritz values (nodes) and weights per probe, and a smoothed density."""
-
-    nodes: list[list[float]]
-    weights: list[list[float]]
-    grid: list[float]
-    density: list[float]
-    sigma: float
-    n_hvp: int
-    seconds: float
-
-
-def _op(model: nn.Module, loss_fn: LossFn | None, batches: Iterable[Batch]) -> HessianOperator:
-    return HessianOperator(model, loss_fn or F.cross_entropy, batches)
+def _op(
+    model: nn.Module, loss_fn: LossFn | None, batches: Iterable[Batch], on_hvp: OnHvp | None = None
+) -> HessianOperator:
+    return HessianOperator(model, loss_fn or F.cross_entropy, batches, on_hvp)
 
 
 def _power(op: HessianOperator, tol: float, max_hvp: int, seed: int) -> tuple[float, Tensor, bool]:
@@ -194,10 +189,14 @@ def hessian_eigs(
     ncv: int | None = None,
     max_hvp: int = 1000,
     return_vectors: bool = False,
+    which: str = "LA",
+    on_hvp: OnHvp | None = None,
 ) -> EigResult:
     """The k largest eigenvalues of the Hessian of the mean loss over `batches`.
 
-    method="lanczos": `scipy.sparse.linalg.eigsh(which="LA")` (ARPACK); `ncv` Lanczos vectors per restart,
+    which="LA": the k algebraically largest; which="LM": the k of largest magnitude (possibly negative),
+    what power iteration with deflation (PyHessian's `eigenvalues(top_n=k)`) converges to.
+    method="lanczos": `scipy.sparse.linalg.eigsh(which=which)` (ARPACK); `ncv` Lanczos vectors per restart,
     default max(2k + 4, 8). ARPACK checks convergence once per restart, so a run costs at least ncv + 1
     products: scipy's default ncv = 20 wastes ~10 products when the top eigenvalue is well separated (the
     usual case for trained networks), and on a hard tiny-model spectrum ncv = 8 needed the fewest products.
@@ -207,8 +206,10 @@ def hessian_eigs(
     """
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+    if which not in ("LA", "LM"):
+        raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
     t0 = time.perf_counter()
-    op = _op(model, loss_fn, batches)
+    op = _op(model, loss_fn, batches, on_hvp)
     with op:
         if method == "power":
             if k != 1:
@@ -219,7 +220,7 @@ def hessian_eigs(
             n = op.numel
 
             def mv(x: np.ndarray) -> np.ndarray:
-                v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+                v = torch.from_numpy(np.ascontiguousarray(x).reshape(-1))  # matvec casts to op.dtype
                 return op(v).double().cpu().numpy()
 
             lin = LinearOperator((n, n), matvec=mv, dtype=np.float64)
@@ -227,13 +228,13 @@ def hessian_eigs(
             ncv_ = min(n, max(2 * k + 4, 8) if ncv is None else ncv)
             restarts = max(1, max_hvp // max(1, ncv_ - k))  # ARPACK counts restarts, not products
             try:
-                w, vecs = eigsh(lin, k=k, which="LA", tol=tol, v0=v0, ncv=ncv_, maxiter=restarts)
+                w, vecs = eigsh(lin, k=k, which=which, tol=tol, v0=v0, ncv=ncv_, maxiter=restarts)
                 converged = True
             except ArpackNoConvergence as err:  # keep what converged; the caller sees converged=False
                 w, vecs, converged = err.eigenvalues, err.eigenvectors, False
                 if len(w) == 0:
                     raise
-            order = np.argsort(w)[::-1]
+            order = np.argsort(w if which == "LA" else np.abs(w), kind="stable")[::-1]
             values = [float(x) for x in w[order]]
             vectors = torch.from_numpy(np.ascontiguousarray(vecs[:, order].T)).to(op.device, op.dtype)
         else:
@@ -257,18 +258,24 @@ def hessian_eigs(
 
 
 def rademacher(numel: int, generator: torch.Generator) -> Tensor:
+    """A vector of independent +-1 entries (fp32, CPU) drawn from `generator`."""
     return torch.randint(0, 2, (numel,), generator=generator).float().mul_(2).sub_(1)
 
 
 def hessian_trace(
-    model: nn.Module, loss_fn: LossFn | None, batches: Iterable[Batch], num_probes: int = 10, seed: int = 0
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    batches: Iterable[Batch],
+    num_probes: int = 10,
+    seed: int = 0,
+    on_hvp: OnHvp | None = None,
 ) -> TraceResult:
     """Hutchinson: tr(H) ~ mean_i z_i^T H z_i, z_i Rademacher; standard error std_i / sqrt(num_probes)."""
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 for a standard error, got {num_probes}")
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    op = _op(model, loss_fn, batches)
+    op = _op(model, loss_fn, batches, on_hvp)
     samples = []
     with op:
         for _ in range(num_probes):
@@ -282,134 +289,3 @@ def hessian_trace(
         n_hvp=op.n_hvp,
         seconds=time.perf_counter() - t0,
     )
-
-
-def lanczos_tridiagonal(op: Callable[[Tensor], Tensor], v0: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """`steps` Lanczos steps from v0 with full re-orthogonalisation; returns the diagonals (alpha, beta) of
-    the tridiagonal T = V^T H V (beta has one entry fewer). Stops early if the Krylov space is exhausted.
-
-    Hand-written because SLQ needs T itself (its eigenvectors' first components are the quadrature weights),
-    which scipy's ARPACK wrapper does not expose."""
-    basis = [v0 / v0.norm()]
-    alpha, beta = [], []
-    for j in range(steps):
-        w = op(basis[j])
-        a = float(basis[j] @ w)
-        alpha.append(a)
-        if j == steps - 1:
-            break
-        vs = torch.stack(basis)
-        w = w - vs.T @ (vs @ w)  # full re-orthogonalisation (twice is enough, Parlett's "twice is enough")
-        w = w - vs.T @ (vs @ w)
-        b = float(w.norm())
-        if b < 1e-10 * max(1.0, abs(a)):
-            break
-        beta.append(b)
-        basis.append(w / b)
-    return torch.tensor(alpha, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64)
-
-
-def hessian_density(
-    model: nn.Module,
-    loss_fn: LossFn | None,
-    batches: Iterable[Batch],
-    steps: int = 64,
-    num_probes: int = 1,
-    seed: int = 0,
-    grid_points: int = 1000,
-    sigma_frac: float = 1e-3,
-) -> DensityResult:
-    """Eigenvalue density by stochastic Lanczos quadrature.
-
-    For each Rademacher probe z, `steps` Lanczos steps give T = Q diag(theta) Q^T; the spectral measure of H
-    seen from z/||z|| is approximated by nodes theta_j with weights Q[0, j]^2 (they sum to 1). The density is
-    the probe average of sum_j w_j N(t; theta_j, sigma^2), sigma = sigma_frac * (max - min node range)."""
-    from scipy.linalg import eigh_tridiagonal
-
-    t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(seed)
-    op = _op(model, loss_fn, batches)
-    nodes, weights = [], []
-    with op:
-        for _ in range(num_probes):
-            z = rademacher(op.numel, g).to(op.device, op.dtype)
-            alpha, beta = lanczos_tridiagonal(op, z, steps)
-            if len(alpha) == 1:
-                theta, q = alpha.numpy(), np.ones((1, 1))
-            else:
-                theta, q = eigh_tridiagonal(alpha.numpy(), beta.numpy())
-            nodes.append([float(x) for x in theta])
-            weights.append([float(x) for x in q[0] ** 2])
-    lo, hi = min(min(n) for n in nodes), max(max(n) for n in nodes)
-    span = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
-    sigma = sigma_frac * span
-    grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid_points)
-    dens = np.zeros_like(grid)
-    for th, w in zip(nodes, weights):
-        th, w = np.asarray(th), np.asarray(w)
-        dens += (w[None] * np.exp(-0.5 * ((grid[:, None] - th[None]) / sigma) ** 2)).sum(1)
-    dens /= len(nodes) * sigma * math.sqrt(2 * math.pi)
-    return DensityResult(
-        nodes=nodes,
-        weights=weights,
-        grid=grid.tolist(),
-        density=dens.tolist(),
-        sigma=sigma,
-        n_hvp=op.n_hvp,
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def plot_density(result: DensityResult, path: Path | str, title: str = "Hessian eigenvalue density") -> Path:
-    """Save the density (log scale, as PyHessian plots it) to a PNG; matplotlib's Agg backend, no display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(5, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    dens = np.maximum(np.asarray(result.density), 1e-12)
-    ax.semilogy(result.grid, dens)
-    ax.set_ylim(max(dens.max() * 1e-8, 1e-12), dens.max() * 2)
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-@dataclass
-class PerBatchResult:
-    """The reference protocol of the empirical-SAM study: lambda_max of each batch's own loss Hessian."""
-
-    values: list[float]
-    n_hvp: int
-    seconds: float
-
-    @property
-    def max(self) -> float:
-        return max(self.values)
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values)
-
-
-def per_batch_lambda_max(
-    model: nn.Module,
-    loss_fn: LossFn | None,
-    batches: Iterable[Batch],
-    tol: float = 1e-3,
-    seed: int = 0,
-    **kwargs,
-) -> PerBatchResult:
-    """`hessian_eigs(k=1)` on each batch alone (e.g. 40 training batches of 128); report all values."""
-    t0, values, n_hvp = time.perf_counter(), [], 0
-    for i, batch in enumerate(batches):
-        res = hessian_eigs(model, loss_fn, [batch], k=1, tol=tol, seed=seed + i, **kwargs)
-        values.append(res.lambda_max)
-        n_hvp += res.n_hvp
-    return PerBatchResult(values=values, n_hvp=n_hvp, seconds=time.perf_counter() - t0)

@@ -12,19 +12,34 @@ from torch import nn
 from sam_lab.config import value_of
 from sam_lab.data import DataBundle
 from sam_lab.metrics import sharpness
-from sam_lab.metrics.hessian import LossFn
+from sam_lab.metrics.hessian import LossFn, OnHvp
 
 
 def sharpness_of(
-    model: nn.Module, loss_fn: LossFn, data: DataBundle, device: torch.device, cfg: Any, channels_last: bool
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: DataBundle,
+    device: torch.device,
+    cfg: Any,
+    channels_last: bool,
+    on_hvp: OnHvp | None = None,
 ) -> sharpness.SharpnessResult:
-    """`cfg` is a `metrics.sharpness` node (sam_lab.config.SharpnessConfig)."""
+    """`cfg` is a `metrics.sharpness` node (sam_lab.config.SharpnessConfig); `on_hvp(n)` after each
+    Hessian-vector product (progress)."""
     kw = dict(device=device, seed=cfg.seed, channels_last=channels_last)
     if value_of(cfg.protocol) == "per_batch":
-        size = cfg.per_batch_size
-        batches = sharpness.fixed_subset(data, cfg.per_batch_count * size, size, **kw)
+        augment = dict(augment=cfg.per_batch_augment, cutout_p=cfg.per_batch_cutout_p)
+        batches = sharpness.per_batch_batches(data, cfg.per_batch_count, cfg.per_batch_size, **augment, **kw)
+        which = value_of(cfg.per_batch_which)
         metrics = sharpness.measure_per_batch(
-            model, loss_fn, batches, top_k=cfg.top_k, tol=cfg.tol, seed=cfg.seed
+            model,
+            loss_fn,
+            batches,
+            top_k=cfg.per_batch_top_k,
+            tol=cfg.tol,
+            seed=cfg.seed,
+            which=which,
+            on_hvp=on_hvp,
         )
         return sharpness.SharpnessResult(metrics)
     batches = sharpness.fixed_subset(data, cfg.num_samples, cfg.batch_size, **kw)
@@ -38,4 +53,5 @@ def sharpness_of(
         tol=cfg.tol,
         seed=cfg.seed,
         density_steps=steps,
+        on_hvp=on_hvp,
     )

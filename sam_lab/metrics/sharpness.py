@@ -1,32 +1,31 @@
-"""`metrics.sharpness` for the trainer: which data, which weights, when, and under which metric names.
+"""Sharpness as pure functions: model, loss function and batches in, `sharpness/*` numbers out.
 
-The numerics live in `sam_lab.metrics.hessian`; this module only chooses the fixed, seeded, un-augmented
-subset of the training set, the weights (final or best-val), and turns the results into `sharpness/*`
-metrics (plus a density PNG under `<run dir>/sharpness/`, also sent to the logger).
+* `fixed_subset`: the fixed, seeded, un-augmented subset of the training set the standard value uses.
+* `measure`: top eigenvalue(s), Hutchinson trace and SLQ density of the Hessian of the mean loss over it.
+* `per_batch_batches` + `measure_per_batch`: the per-batch protocol of the empirical-SAM study's code
+  (docs/sharpness.md): the top-5 eigenvalues of each batch's own loss Hessian, pooled.
+
+Nothing here knows about a trainer, a logger or files: the caller decides when, on which weights and where
+the results go (`sam_lab.metrics.density.plot_density` writes a density to a PNG). `on_hvp(n)` is called
+after the n-th Hessian-vector product of a call (for a progress bar); `sharpness/n_hvp` is the total.
 """
 
 from __future__ import annotations
 
-import copy
+import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sam_lab.data import Batches, DataBundle
-from sam_lab.metrics.hessian import (
-    hessian_density,
-    hessian_eigs,
-    hessian_trace,
-    per_batch_lambda_max,
-    plot_density,
-)
+from sam_lab.metrics.density import DensityResult, hessian_density
+from sam_lab.metrics.hessian import Batch, LossFn, OnHvp, hessian_eigs, hessian_trace
 
-if TYPE_CHECKING:
-    from sam_lab.engine import Trainer
+Metrics = dict[str, Any]
 
 
 def fixed_subset(
@@ -54,144 +53,138 @@ def fixed_subset(
     )
 
 
-@dataclass
-class Sharpness:
-    """The trainer hook: `sharpness(trainer, epoch, final) -> dict of sharpness/* metrics`.
+def per_batch_batches(
+    data: DataBundle,
+    count: int,
+    size: int,
+    device: torch.device | str,
+    seed: int = 0,
+    augment: bool = False,
+    cutout_p: float = 0.5,
+    channels_last: bool = False,
+) -> list[Batch]:
+    """`count` batches of `size` training examples for `measure_per_batch`, materialised on `device`.
 
-    Computed after epoch e when `every` divides e (current weights), and once at the end of training
-    (`final=True`) on the `weights` the config asks for. At the end, a value already computed for the same
-    final weights in the last epoch is reused rather than computed twice.
-    """
-
-    num_samples: int = 5120
-    batch_size: int = 256
-    every: int | None = None
-    weights: str = "final"
-    top_k: int = 1
-    trace: int = 0
-    density: bool = False
-    density_steps: int = 64
-    tol: float = 1e-3
-    protocol: str = "standard"
-    per_batch_count: int = 40
-    per_batch_size: int = 128
-    seed: int = 0
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        self.weights = str(getattr(self.weights, "value", self.weights))  # accept the config's enums too
-        self.protocol = str(getattr(self.protocol, "value", self.protocol))
-        self._batches: dict[tuple[int, int], Batches] = {}
-        self._last: tuple[int, dict[str, Any]] | None = None  # (epoch, metrics) of the last computation
-
-    def __call__(self, trainer: Trainer, epoch: int, final: bool) -> dict[str, Any]:
-        if not self.enabled:
-            return {}
-        if not final:
-            if not self.every or epoch % self.every:
-                return {}
-            out = self.compute(trainer, trainer.model, tag=f"epoch{epoch}", step=epoch)
-            self._last = (epoch, out)
-            return out
-        if self.weights == "best_val" and trainer.best["state"] is not None:
-            model = copy.deepcopy(trainer.model)
-            model.load_state_dict(trainer.best["state"])
-            out = self.compute(trainer, model, tag="best_val", step=epoch)
-            out["sharpness/weights_epoch"] = trainer.best["epoch"]
-            return out
-        if self._last is not None and self._last[0] == epoch:
-            out = dict(self._last[1])
-        else:
-            out = self.compute(trainer, trainer.model, tag="final", step=epoch)
-        out["sharpness/weights_epoch"] = epoch
-        return out
-
-    def subset(self, trainer: Trainer, batch_size: int, num_samples: int) -> Batches:
-        """`fixed_subset` of the run's training set, built once per (batch size, size)."""
-        key = (batch_size, num_samples)
-        if key not in self._batches:
-            self._batches[key] = fixed_subset(
-                trainer.data,
-                num_samples,
-                batch_size,
-                trainer.device,
-                seed=self.seed,
-                channels_last=trainer.opts.channels_last,
-            )
-        return self._batches[key]
-
-    def loss_fn(self, trainer: Trainer):
-        """The training loss (cross-entropy with the run's label smoothing; weight decay is not included)."""
-        smoothing = trainer.opts.label_smoothing
-        return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
-
-    def compute(self, trainer: Trainer, model: nn.Module, tag: str, step: int) -> dict[str, Any]:
-        t0, n_hvp, out = time.perf_counter(), 0, {}
-        loss_fn = self.loss_fn(trainer)
-        batches = self.subset(trainer, self.batch_size, self.num_samples)
-        if self.protocol == "per_batch":  # per_batch_count batches of per_batch_size, each its own Hessian
-            size = self.per_batch_size
-            res = per_batch_lambda_max(
-                model, loss_fn, self.subset(trainer, size, self.per_batch_count * size), self.tol, self.seed
-            )
-            out.update({"sharpness/per_batch_max": res.max, "sharpness/per_batch_mean": res.mean})
-            n_hvp += res.n_hvp
-        else:
-            eig = hessian_eigs(model, loss_fn, batches, k=self.top_k, tol=self.tol, seed=self.seed)
-            out["sharpness/lambda_max"] = eig.lambda_max
-            if self.top_k > 1:
-                out["sharpness/top_k"] = eig.eigenvalues
-            if not eig.converged:
-                out["sharpness/converged"] = False
-            n_hvp += eig.n_hvp
-        if self.trace:
-            tr = hessian_trace(model, loss_fn, batches, self.trace, seed=self.seed)
-            out.update({"sharpness/trace": tr.trace, "sharpness/trace_se": tr.se})
-            n_hvp += tr.n_hvp
-        if self.density:
-            dens = hessian_density(model, loss_fn, batches, steps=self.density_steps, seed=self.seed)
-            path = plot_density(dens, trainer.run_dir / "sharpness" / f"density_{tag}.png", title=tag)
-            trainer.logger.log_image("sharpness/density", path, step=step)
-            n_hvp += dens.n_hvp
-        out.update({"sharpness/seconds": time.perf_counter() - t0, "sharpness/n_hvp": n_hvp})
-        return out
+    augment=False: `fixed_subset(data, count * size, size)` (fewer batches if the training set is smaller).
+    augment=True: the first `count` full batches of the training loader's own stream (shuffled with `seed`,
+    the run's `data.augment`: crop, flip and cutout, the cutout square applied to each image with
+    probability `cutout_p`; the empirical-SAM code used 0.5), continuing into the next epochs if needed."""
+    if count < 1 or size < 1:
+        raise ValueError(f"count and size must be >= 1, got count={count}, size={size}")
+    if not augment:
+        return list(fixed_subset(data, count * size, size, device, seed=seed, channels_last=channels_last))
+    loader = Batches(
+        data.train,
+        size,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        augment=data.augment,
+        shuffle=True,
+        seed=seed,
+        channels_last=channels_last,
+        cutout_p=cutout_p,
+    )
+    full = min(size, len(data.train))
+    out: list[Batch] = []
+    epoch = 0
+    while len(out) < count:
+        out += [(x, y) for x, y in loader.epoch(epoch) if len(y) == full][: count - len(out)]
+        epoch += 1
+    return out
 
 
-# ---- temporary pure API (replaced by the metrics branch) ----
+class _Counter:
+    """Total Hessian-vector products over several operators, forwarded to the caller's `on_hvp`."""
+
+    def __init__(self, on_hvp: OnHvp | None) -> None:
+        self.n, self.on_hvp = 0, on_hvp
+
+    def __call__(self, _: int) -> None:
+        self.n += 1
+        if self.on_hvp is not None:
+            self.on_hvp(self.n)
+
+
 @dataclass
 class SharpnessResult:
-    metrics: dict[str, Any]
-    density: Any = None
+    """`metrics`: the `sharpness/*` numbers; `density`: the SLQ density when asked for (else None)."""
+
+    metrics: Metrics
+    density: DensityResult | None = None
 
 
 def measure(
-    model, loss_fn, batches, *, top_k=1, trace=0, tol=1e-3, seed=0, density_steps=0
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    *,
+    top_k: int = 1,
+    trace: int = 0,
+    tol: float = 1e-3,
+    seed: int = 0,
+    density_steps: int = 0,
+    on_hvp: OnHvp | None = None,
 ) -> SharpnessResult:
-    t0, out = time.perf_counter(), {}
-    eig = hessian_eigs(model, loss_fn, batches, k=top_k, tol=tol, seed=seed)
-    out["sharpness/lambda_max"], n = eig.lambda_max, eig.n_hvp
-    if top_k > 1:
-        out["sharpness/top_k"] = eig.eigenvalues
-    if not eig.converged:
-        out["sharpness/converged"] = False
+    """Curvature of the mean `loss_fn` over `batches` (re-iterable, e.g. `fixed_subset`) at `model`'s weights.
+
+    Keys: `sharpness/lambda_max` (the largest eigenvalue; top_k=0 skips the eigenvalues), `sharpness/top_k`
+    (the top_k largest, if top_k > 1), `sharpness/converged` (only when False), `sharpness/trace` and
+    `sharpness/trace_se` (Hutchinson with `trace` >= 2 probes, if trace), `sharpness/n_hvp`,
+    `sharpness/seconds`. `density_steps` > 0: also an SLQ density with that many Lanczos steps."""
+    t0, count, out = time.perf_counter(), _Counter(on_hvp), {}
+    if top_k > 0:
+        eig = hessian_eigs(model, loss_fn, batches, k=top_k, tol=tol, seed=seed, on_hvp=count)
+        out["sharpness/lambda_max"] = eig.lambda_max
+        if top_k > 1:
+            out["sharpness/top_k"] = eig.eigenvalues
+        if not eig.converged:
+            out["sharpness/converged"] = False
     if trace:
-        tr = hessian_trace(model, loss_fn, batches, trace, seed=seed)
+        tr = hessian_trace(model, loss_fn, batches, trace, seed=seed, on_hvp=count)
         out.update({"sharpness/trace": tr.trace, "sharpness/trace_se": tr.se})
-        n += tr.n_hvp
-    dens = None
-    if density_steps:
-        dens = hessian_density(model, loss_fn, batches, steps=density_steps, seed=seed)
-        n += dens.n_hvp
-    out.update({"sharpness/seconds": time.perf_counter() - t0, "sharpness/n_hvp": n})
-    return SharpnessResult(out, dens)
+    density = None
+    if density_steps > 0:
+        density = hessian_density(model, loss_fn, batches, steps=density_steps, seed=seed, on_hvp=count)
+    out.update({"sharpness/n_hvp": count.n, "sharpness/seconds": time.perf_counter() - t0})
+    return SharpnessResult(metrics=out, density=density)
 
 
-def measure_per_batch(model, loss_fn, batches, *, top_k=5, tol=1e-3, seed=0) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    res = per_batch_lambda_max(model, loss_fn, batches, tol, seed)
+def pool_per_batch(eigenvalues: list[float]) -> Metrics:
+    """The study's summary of pooled eigenvalues: largest positive (nan if none), mean of the positive ones
+    (nan if none), fraction strictly negative."""
+    pos = [v for v in eigenvalues if v > 0]
     return {
-        "sharpness/per_batch_max": res.max,
-        "sharpness/per_batch_mean": res.mean,
-        "sharpness/n_hvp": res.n_hvp,
-        "sharpness/seconds": time.perf_counter() - t0,
+        "sharpness/per_batch_max": max(pos) if pos else math.nan,
+        "sharpness/per_batch_mean": sum(pos) / len(pos) if pos else math.nan,
+        "sharpness/per_batch_neg_frac": sum(v < 0 for v in eigenvalues) / len(eigenvalues),
     }
+
+
+def measure_per_batch(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    *,
+    top_k: int = 5,
+    tol: float = 1e-3,
+    seed: int = 0,
+    which: str = "LM",
+    on_hvp: OnHvp | None = None,
+) -> Metrics:
+    """The per-batch protocol: the `top_k` eigenvalues of each batch's own loss Hessian, pooled.
+
+    which="LM" (default): the top_k of largest MAGNITUDE, as the study's PyHessian power iteration with
+    deflation finds them (a negative one counts when it is large); "LA": the top_k largest. Returns
+    `pool_per_batch` of all pooled values plus `sharpness/n_hvp` and `sharpness/seconds`."""
+    t0, count, pooled = time.perf_counter(), _Counter(on_hvp), []
+    for i, batch in enumerate(batches):
+        res = hessian_eigs(
+            model, loss_fn, [batch], k=top_k, tol=tol, seed=seed + i, which=which, on_hvp=count
+        )
+        pooled += res.eigenvalues
+    if not pooled:
+        raise ValueError("measure_per_batch needs at least one batch")
+    out = pool_per_batch(pooled)
+    out.update({"sharpness/n_hvp": count.n, "sharpness/seconds": time.perf_counter() - t0})
+    return out

@@ -1,4 +1,4 @@
-"""Benchmark mechanics: runners for our trainer and the reference loop, interleaved timing, peak memory.
+"""Benchmark timing: interleaved rounds over the runners, medians, per-round ratios, one row per config.
 
 Timing. Every configuration runs `warmup` untimed steps, then `repeats` rounds; in each round every
 configuration runs `steps` timed steps in turn (interleaved, so slow drifts of a shared machine hit all of
@@ -7,12 +7,7 @@ On CUDA the marks are events on the current stream (no host sync inside a round;
 so a phase's time is the device timeline between its marks; on CPU they are `time.perf_counter()`.
 Figures are medians over rounds; ratios (SAM/SGD, reference/ours) are taken within a round, then the median.
 
-Memory. Peak = resident (parameters, buffers, gradients, optimizer state, including any parameter-sized
-buffers the optimizer keeps) + the step's transient peak (batch, activations, gradients, temporaries) of one
-step started with gradients cleared. The transient peak is `torch.cuda.max_memory_allocated` minus the
-allocated bytes before the step on CUDA, and the running sum of the CPU allocator's events recorded by
-`torch.profiler(profile_memory=True)` on CPU. Datasets are not counted (ours keeps the uint8 set on the
-device).
+Memory: `sam_lab.perf.memory`. Runners: `sam_lab.perf.runners`. Table: `sam_lab.perf.table`.
 """
 
 from __future__ import annotations
@@ -21,170 +16,17 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
-from sam_lab.perf.reference import ReferenceLoop
+from sam_lab.perf.memory import resident_bytes, step_peak_bytes
+from sam_lab.perf.runners import Ours, Reference, Runner
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR training set
-
-
-# ---- memory ----------------------------------------------------------------------------------------
-def _tensors(obj: Any, depth: int = 0) -> Iterator[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif depth > 4:
-        return
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(k, depth + 1)
-            yield from _tensors(v, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v, depth + 1)
-    elif isinstance(obj, torch.optim.Optimizer):
-        yield from _tensors(vars(obj), depth + 1)
-
-
-def resident_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of distinct storages held by the model (params, buffers, grads) and the optimizer (all state)."""
-    seen: dict[int, int] = {}
-    tensors = [
-        *model.parameters(),
-        *model.buffers(),
-        *(p.grad for p in model.parameters() if p.grad is not None),
-    ]
-    for t in [*tensors, *_tensors(vars(optimizer))]:
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-    return sum(seen.values())
-
-
-def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak of (bytes allocated - bytes freed) on the CPU allocator while `fn` runs, from profiler events.
-
-    Frees of blocks allocated before `fn` are not recorded, so callers start from a clean state (e.g. with
-    gradients set to None)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    current = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        if e.device_type() == torch.autograd.DeviceType.CPU:
-            current += e.nbytes()
-            peak = max(peak, current)
-    return peak
-
-
-def step_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Transient peak bytes of one call of `fn` on `device`."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    return cpu_peak_bytes(fn)
-
-
-# ---- runners -----------------------------------------------------------------------------------------
-class Runner:
-    """A named training configuration: `next_batch()` then `step(x, y)`, as a training loop does them."""
-
-    name: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def step(self, x: Tensor, y: Tensor) -> Any:
-        raise NotImplementedError
-
-    def mean_loss(self) -> float:
-        raise NotImplementedError
-
-
-class Ours(Runner):
-    """sam_lab's own path: `sam_lab.train.build` (the Trainer of `python -m sam_lab.train`), its device
-    `Batches` and `Trainer.train_step` — the code a training run executes, not a copy of it."""
-
-    def __init__(self, overrides: Sequence[str], run_dir: Path) -> None:
-        from hydra import compose, initialize_config_dir
-
-        from sam_lab.engine import Sums
-        from sam_lab.train import build
-
-        with initialize_config_dir(str(CONF), version_base="1.3"):
-            self.cfg = compose("train", overrides=list(overrides))
-        self.trainer = build(self.cfg, run_dir)
-        self.model, self.optimizer = self.trainer.model, self.trainer.optimizer
-        self.sums, self.i = Sums(self.trainer.device), 0
-        self._batches = self._stream()
-
-    def _stream(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch = 0
-        while True:
-            epoch += 1
-            yield from self.trainer.train_batches.epoch(epoch)
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        return next(self._batches)
-
-    def step(self, x: Tensor, y: Tensor) -> Tensor:
-        self.model.train()
-        loss = self.trainer.train_step(x, y, self.i, self.sums)
-        self.i += 1
-        return loss
-
-    def mean_loss(self) -> float:
-        return self.sums.means()["train/loss"]
-
-
-class Reference(Runner):
-    """The conventional loop of `sam_lab.perf.reference` on the same model config, data and device."""
-
-    def __init__(self, ours: Ours, sam: bool, num_workers: int) -> None:
-        from hydra.utils import instantiate
-
-        cfg, data = ours.cfg, ours.trainer.data
-        torch.manual_seed(cfg.seed)
-        model = instantiate(cfg.model, num_classes=data.num_classes)
-        self.loop = ReferenceLoop(
-            model,
-            data.train.images,
-            data.train.labels,
-            data.mean,
-            data.std,
-            cfg.batch_size,
-            ours.trainer.device,
-            sam=sam,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            rho=cfg.rho,
-            num_workers=num_workers,
-            seed=cfg.seed,
-        )
-        self.model, self.optimizer = self.loop.model, self.loop.optimizer
-        self._batches = self.loop.batches()
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        return next(self._batches)
-
-    def step(self, x: Tensor, y: Tensor) -> float:
-        return self.loop.step(x, y)
-
-    def mean_loss(self) -> float:
-        return self.loop.loss_sum / max(1, self.loop.seen)
 
 
 # ---- timing --------------------------------------------------------------------------------------------
@@ -354,33 +196,3 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
         )
     for r in rows:
         del r["_totals"]
-
-
-COLUMNS = [
-    ("model", "model", "{}"),
-    ("impl", "impl", "{}"),
-    ("optimizer", "opt", "{}"),
-    ("img_per_s", "img/s", "{:.0f}"),
-    ("ms_per_step", "ms/step", "{:.1f}"),
-    ("noise_pct", "+-%", "{:.1f}"),
-    ("vs_sgd", "x SGD", "{:.2f}"),
-    ("data_ms", "data ms", "{:.2f}"),
-    ("data_pct", "data %", "{:.2f}"),
-    ("step_ms", "step ms", "{:.1f}"),
-    ("s_per_epoch", "s/epoch(50k)", "{:.1f}"),
-    ("peak_mb", "peak MB", "{:.1f}"),
-    ("speedup", "speed-up", "{:.2f}"),
-]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table with the columns of COLUMNS; NaN prints as '-'."""
-
-    def cell(fmt: str, v: Any) -> str:
-        return "-" if isinstance(v, float) and math.isnan(v) else fmt.format(v)
-
-    body = [[cell(fmt, r[k]) for k, _, fmt in COLUMNS] for r in rows]
-    head = [h for _, h, _ in COLUMNS]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
