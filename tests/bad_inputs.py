@@ -236,7 +236,8 @@ ROWS: list[Row] = [
         "resume from a truncated (damaged) checkpoint",
         (),
         "error: cannot read checkpoint {run}/checkpoints/last.pt (RuntimeError: PytorchStreamReader failed "
-        "reading zip archive: failed finding central directory): the file is damaged; restore a copy, or "
+        "reading zip archive: failed finding central directory): the file is damaged or not a sam_lab "
+        "checkpoint; restore a copy, or "
         "delete {run} to start the run over",
         target="broken",
         kind="resume",
