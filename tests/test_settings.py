@@ -388,6 +388,7 @@ def progress_check(r: Run, b: Run) -> None:
 def batch_size_check(r: Run, b: Run) -> None:
     """metrics.sharpness.batch_size bounds memory only: other HVP batches, the same value."""
     differs(hvp_batch_sizes, expected={8}, base={16})(r, b)
+    differs(lambda r: len(r.seen("hvp")) / n_hvp(r), expected=2, base=1)(r, b)  # batches per product
     assert lambda_max(r) == pytest.approx(lambda_max(b), rel=1e-4)
 
 
