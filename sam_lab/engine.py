@@ -1,8 +1,9 @@
 """The training loop: steps, epochs, evaluation. Reads top to bottom like the algorithm.
 
 No host synchronisation inside the step loop: per-step quantities are summed into device tensors and read
-(`.item()`) once per epoch, or every `PROGRESS_EVERY` steps when a progress bar is shown. Where the files go
-(checkpoint, summary, metrics.jsonl) is `sam_lab.run`'s business; what a step does is the optimizer's.
+(`.item()`) once per epoch, or every few steps when a progress bar is shown (sam_lab/run/progress.py). Where
+the files go (checkpoint, summary, metrics.jsonl) is `sam_lab.run`'s business; what a step does is the
+optimizer's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from sam_lab.config import precision, progress, value_of
 from sam_lab.data import Batches, DataBundle
@@ -30,8 +30,8 @@ from sam_lab.run import checkpoint, faults, summary
 from sam_lab.run.faults import NonfiniteGuard, Preemption
 from sam_lab.run.files import append_jsonl
 from sam_lab.run.loggers import NoLogger
+from sam_lab.run.progress import hvp_bar, progress_bar, show_running
 
-PROGRESS_EVERY = 25
 LOGGED = ("train", "val", "test")  # metric prefixes shown in the log line of each epoch
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,9 @@ class Trainer:
             sums.load_state_dict(self.position["sums"])
         self.position, spe = None, len(self.train_batches)
         batches = self.train_batches.epoch(epoch, start)  # the same batches as an uninterrupted epoch
-        bar = tqdm(
-            batches, total=spe, initial=start, desc=f"epoch {epoch}", leave=False, disable=not self.progress
-        )
+        pbar = progress_bar(batches, spe, f"epoch {epoch}", self.progress, initial=start)
         n_images, t0 = 0, time.perf_counter()
-        for step, (x, y) in enumerate(bar, start):
+        for step, (x, y) in enumerate(pbar, start):
             g = (epoch - 1) * spe + step + 1
             self.train_step(x, y, step, sums, global_step=g)
             n_images += len(y)
@@ -126,9 +124,7 @@ class Trainer:
                 position = {"epoch": epoch, "step": step + 1, "lr": lr, "sums": sums.state_dict()}
                 self.save_checkpoint(position, seconds=time.perf_counter() - t0)
                 self.preemption.handoff(f"at epoch {epoch}, step {step + 1}/{spe}")
-            if self.progress and step % PROGRESS_EVERY == 0:
-                m = sums.means()
-                bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/acc']:.3f}")
+            if show_running(pbar, sums, step, "train"):  # a host sync: check for a NaN loss there too
                 self.guard.check(self._last_checkpoint())
         means, seconds = sums.means(), time.perf_counter() - t0
         self.guard.check(self._last_checkpoint())
@@ -141,11 +137,14 @@ class Trainer:
         model = model or self.forward
         was_training, sums = model.training, Sums(self.device)
         model.eval()
-        for x, y in self.eval_batches[which].epoch(0):
+        batches = self.eval_batches[which]
+        pbar = progress_bar(batches.epoch(0), len(batches), which, self.progress)
+        for i, (x, y) in enumerate(pbar):
             with self.autocast():
                 logits = model(x)
             sums.add(f"{which}/loss", F.cross_entropy(logits.float(), y, reduction="sum"), len(y))
             sums.add(f"{which}/acc", (logits.argmax(1) == y).sum(), len(y))
+            show_running(pbar, sums, i, which, every=1)
         model.train(was_training)
         return sums.means()
 
@@ -186,7 +185,8 @@ class Trainer:
     def sharpness(self, model: nn.Module, tag: str, step: int) -> dict[str, Any]:
         """`sharpness/*` of `model`; a density PNG goes under <run dir>/sharpness/ and to the logger."""
         cfg = self.cfg.metrics.sharpness
-        res = sharpness_of(model, self.loss_fn, self.data, self.device, cfg, self.channels_last)
+        with hvp_bar(f"sharpness {tag}", self.progress) as on_hvp:
+            res = sharpness_of(model, self.loss_fn, self.data, self.device, cfg, self.channels_last, on_hvp)
         if res.density is not None:
             path = plot_density(res.density, self.run_dir / "sharpness" / f"density_{tag}.png", tag)
             self.logger.log_image("sharpness/density", path, step=step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -36,9 +37,11 @@ def best_model(trainer: Trainer) -> nn.Module | None:
 
 
 def final_metrics(trainer: Trainer) -> dict[str, Any]:
-    """The best-val checkpoint's test metrics, and the end-of-training sharpness of the weights that
-    `metrics.sharpness.weights` names (reusing a value computed after the last epoch for the same weights)."""
+    """The best-val checkpoint's test metrics, the end-of-training sharpness of the weights that
+    `metrics.sharpness.weights` names (reusing a value computed after the last epoch for the same weights),
+    and `perf/sharpness_s`, the seconds of every sharpness computation of the run."""
     out, best = {}, best_model(trainer)
+    spent = [r.get("sharpness/seconds", 0.0) for r in read_jsonl(trainer.metrics_path)]  # after epochs
     if best is not None:
         test = trainer.evaluate("test", best)
         out = {"best_val/epoch": trainer.best["epoch"], "best_val/val_acc": trainer.best["val/acc"]}
@@ -48,24 +51,27 @@ def final_metrics(trainer: Trainer) -> dict[str, Any]:
         if value_of(cfg.weights) == "best_val" and best is not None:
             out.update(trainer.sharpness(best, "best_val", trainer.epoch))
             out["sharpness/weights_epoch"] = trainer.best["epoch"]
-        else:
-            done = trainer.last_sharpness[0] == trainer.epoch
-            out.update(
-                trainer.last_sharpness[1]
-                if done
-                else trainer.sharpness(trainer.model, "final", trainer.epoch)
-            )
+            spent.append(out["sharpness/seconds"])
+        elif trainer.last_sharpness[0] == trainer.epoch:  # computed after the last epoch: in `spent`
+            out.update(trainer.last_sharpness[1])
             out["sharpness/weights_epoch"] = trainer.epoch
+        else:
+            out.update(trainer.sharpness(trainer.model, "final", trainer.epoch))
+            out["sharpness/weights_epoch"] = trainer.epoch
+            spent.append(out["sharpness/seconds"])
+    out["perf/sharpness_s"] = sum(spent)
     return out
 
 
 def finished(trainer: Trainer) -> dict[str, Any]:
     """The last epoch's metrics under their own names (as W&B's summary has them), the best-val checkpoint's
     test metrics (the last epoch's where there is no validation split), sharpness, timing."""
+    t0 = time.perf_counter()
     final = final_metrics(trainer)
+    wall_time = trainer.elapsed + time.perf_counter() - t0  # the end-of-training evaluation and sharpness too
     history = read_jsonl(trainer.metrics_path)
     last = history[-1] if history else {}
-    summary: dict[str, Any] = {"status": "finished", "wall_time_s": trainer.elapsed, **last}
+    summary: dict[str, Any] = {"status": "finished", "wall_time_s": wall_time, **last}
     if "best_val/test_acc" not in final:  # no validation split: the reported checkpoint is the last one
         summary.update({"best_val/epoch": trainer.epoch, "best_val/test_acc": last.get("test/acc"),
                         "best_val/test_loss": last.get("test/loss")})  # fmt: skip
