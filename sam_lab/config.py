@@ -3,13 +3,14 @@
 This file is the one home of those defaults and ranges (conf/train.yaml only composes the groups). Hydra
 merges the composed config onto `TrainConfig`, so a misspelled key, an unknown option or a value of the wrong
 type is refused at composition with a message naming the key; `validate` adds the ranges, read from each
-field's metadata (`at_least`, `within`), and refuses non-finite numbers.
+field's metadata (`at_least`, `within`), the ranges the groups' targets declare (`sam_lab.ranges`), unknown
+keys in every group, and refuses non-finite numbers anywhere; `check_built` adds the cross-checks that need
+the dataset and the model. Both run before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import sys
@@ -19,17 +20,21 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from sam_lab.data.base import Augment
+from sam_lab.ranges import ConfigError, Range, accepted_keys, check, check_values, ranges_of
+from sam_lab.run import dirnames
 
 
 def at_least(lo: float, default: Any, why: str = "") -> Any:
     """A field whose value must be >= lo (None allowed where the default is None)."""
-    return field(default=default, metadata={"range": (lo, None), "why": why})
+    return field(default=default, metadata={"range": Range(lo, null=default is None), "why": why})
 
 
 def within(lo: float, hi: float, default: Any) -> Any:
     """A field whose value must lie in [lo, hi]."""
-    return field(default=default, metadata={"range": (lo, hi)})
+    return field(default=default, metadata={"range": Range(lo, hi)})
 
 
 def value_of(x: Any) -> Any:
@@ -140,10 +145,6 @@ class TrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-class ConfigError(ValueError):
-    """A user error in the configuration: reported as one line, exit code 1, no traceback."""
-
-
 def precision(cfg: DictConfig, device: Any) -> str:
     """`trainer.precision` on `device`: auto = bf16 autocast on CUDA, fp32 elsewhere."""
     value = value_of(cfg.trainer.precision)
@@ -158,18 +159,37 @@ def progress(cfg: DictConfig) -> bool:
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    # `${pid:}` in the run directory pattern: two runs started in the same microsecond still differ. Cached,
-    # so a sweep directory keeps its name in submitit jobs (Hydra copies the resolver cache into each job).
-    if not OmegaConf.has_resolver("pid"):
-        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+    # Resolvers of the run and sweep directory names (conf/train.yaml, sam_lab/run/dirnames.py). `${pid:}`:
+    # two runs started in the same microsecond still differ. The cached ones are computed once, in the
+    # launching process: Hydra copies the resolver cache into each job's config, also for submitit jobs.
+    resolvers = {"pid": os.getpid, "sweep_overrides": dirnames.sweep_overrides}
+    resolvers.update(shorten=dirnames.shorten, sweep_name=dirnames.sweep_name, job_name=dirnames.job_name)
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=name in ("pid", "sweep_overrides"))
 
 
-# Keys of the groups (not typed by the schema) with a range: key -> (lower bound, upper bound or None).
-GROUP_RANGES: dict[str, tuple[float, float | None]] = {"model.width": (1, None)}
+# What every option of a group takes (docs/EXTENDING.md), beyond what its target declares itself.
+GROUP_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"width": Range(1, integer=True)},
+    "data": {
+        "val_size": Range(0, integer=True),
+        "subset": Range(1, integer=True, null=True),
+        "augment": Augment,  # its fields' metadata: the ranges Augment checks itself
+    },
+}
+# Groups whose keys are the keyword arguments of their `_target_`, and the arguments the trainer supplies.
+TARGET_GROUPS = {
+    "data": (),
+    "model": ("num_classes",),
+    "optimizer": ("params",),
+    "scheduler": ("optimizer", "total_steps", "steps_per_epoch"),
+    "logger": (),
+}
 
 
-def _ranges(cls: type, prefix: str = "") -> dict[str, tuple[float, float | None]]:
-    """Every ranged field of a schema dataclass, nested ones included, as dotted key -> (lo, hi)."""
+def _ranges(cls: type, prefix: str = "") -> dict[str, Range]:
+    """Every ranged field of a schema dataclass, nested ones included, as dotted key -> Range."""
     out = {}
     for f in dataclasses.fields(cls):
         if "range" in f.metadata:
@@ -180,45 +200,53 @@ def _ranges(cls: type, prefix: str = "") -> dict[str, tuple[float, float | None]
     return out
 
 
-def check_range(key: str, value: Any, lo: float, hi: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return  # the schema's types are checked by OmegaConf
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value} is not allowed: must be a finite number")
-    if hi is None and value < lo:
-        raise ConfigError(f"{key}={value} is out of range: must be >= {lo}")
-    if hi is not None and not lo <= value <= hi:
-        raise ConfigError(f"{key}={value} is out of range: must be in [{lo}, {hi}]")
+def _finite(node: Any, key: str) -> None:
+    """No NaN or infinity anywhere: `nan < 0` is False, so a range alone lets them through."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            _finite(node[k], f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for item in node:
+            _finite(item, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed: must be a finite number")
+
+
+def _declared(group: str, target: Any) -> dict[str, Any]:
+    return {**GROUP_KEYS.get(group, {}), **ranges_of(target)}
+
+
+def _target(node: Any) -> Any:
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    try:
+        return get_method(node._target_)
+    except Exception:  # noqa: BLE001 - a target that cannot be imported: instantiate reports it
+        return None
 
 
 def validate(cfg: DictConfig) -> None:
-    """Range checks on the composed config; raises ConfigError naming the key."""
-    for key, (lo, hi) in {**_ranges(TrainConfig), **GROUP_RANGES}.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None:
-            check_range(key, value, lo, hi)
+    """Everything that can be checked from the config alone; raises ConfigError naming the key."""
+    for key, rng in _ranges(TrainConfig).items():
+        check(key, OmegaConf.select(cfg, key), rng)
+    _finite(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), "")
     if OmegaConf.select(cfg, "metrics.sharpness.trace") == 1:
         raise ConfigError("metrics.sharpness.trace=1 is out of range: 0 (off) or >= 2 probes (an error bar)")
-    subset = OmegaConf.select(cfg, "data.subset")
-    if subset is not None and (not isinstance(subset, int) or subset < 1):
-        raise ConfigError(f"data.subset={subset} is out of range: must be a positive integer or null")
-    val_size = OmegaConf.select(cfg, "data.val_size")
-    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
-        raise ConfigError(f"data.val_size={val_size} is out of range: must be an integer >= 0")
     resume = cfg.get("resume")
     if not (isinstance(resume, bool) or resume == "auto"):
         raise ConfigError(f"resume={resume} is not allowed: must be true, false or auto")
+    for group in TARGET_GROUPS:
+        target = _target(cfg.get(group))
+        if target is not None:
+            values = OmegaConf.to_container(cfg[group], resolve=True)
+            check_values(values, _declared(group, target), f"{group}.")
     check_keys(cfg)
-
-
-# Groups whose keys are the keyword arguments of their `_target_` (the first positional argument of a
-# `_partial_` target, e.g. the optimizer's params, is supplied by the trainer).
-TARGET_GROUPS = ("data", "model", "optimizer", "scheduler", "logger")
 
 
 def check_keys(cfg: DictConfig) -> None:
     """Refuse keys that nothing reads: `+typo=1` at the top level or in `trainer`/`metrics` (Hydra lets `+`
-    append to a structured config), and `+model.typo=1` in a group whose target has no such argument."""
+    append to a structured config), and `+optimizer.typo=1` in a group whose target takes no such argument
+    (followed up the class hierarchy: a SAM variant passes its **kwargs on to `TwoPass`)."""
     schema = {"": TrainConfig, "trainer.": TrainerConfig, "metrics.": MetricsConfig}
     for prefix, cls in schema.items():
         node = cfg if not prefix else cfg.get(prefix[:-1]) or {}
@@ -227,17 +255,45 @@ def check_keys(cfg: DictConfig) -> None:
         if unknown:
             allowed = ", ".join(sorted(known))
             raise ConfigError(f"unknown key {prefix}{unknown[0]}: not in the schema (allowed: {allowed})")
-    for group in TARGET_GROUPS:
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+    for group, supplied in TARGET_GROUPS.items():
+        target = _target(cfg.get(group))
+        if target is None:
             continue
-        try:
-            params = inspect.signature(get_method(node._target_)).parameters
-        except Exception:  # noqa: BLE001 - a target that cannot be imported: instantiate reports it
+        keys = [k for k in cfg[group] if not str(k).startswith("_")]
+        given = [k for k in keys if k in supplied]
+        if given:
+            raise ConfigError(f"{group}.{given[0]} is set by the trainer, not by the config: remove it")
+        allowed = accepted_keys(target)
+        if allowed is None:
             continue
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue  # the target takes **kwargs: it decides itself
-        allowed = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-        unknown = sorted(k for k in node if not k.startswith("_") and k not in allowed)
+        allowed = [k for k in allowed if k not in supplied]
+        unknown = sorted(k for k in keys if k not in allowed)
         if unknown:
-            raise ConfigError(f"unknown key {group}.{unknown[0]}: {node._target_} takes {', '.join(allowed)}")
+            takes = ", ".join(allowed)
+            raise ConfigError(f"unknown key {group}.{unknown[0]}: {cfg[group]._target_} takes {takes}")
+        for key, rng in _declared(group, target).items():  # nested schemas (data.augment): their keys
+            node = cfg[group].get(key)
+            if isinstance(rng, type) and isinstance(node, DictConfig):
+                fields = accepted_keys(rng) or []
+                extra = sorted(k for k in node if k not in fields)
+                if extra:
+                    takes = ", ".join(fields)
+                    raise ConfigError(f"unknown key {group}.{key}.{extra[0]}: {group}.{key} takes {takes}")
+
+
+def check_built(cfg: DictConfig, train_size: int, num_params: int) -> None:
+    """Cross-checks that need the dataset or the model, run after building them and before any write."""
+    m, bs = OmegaConf.select(cfg, "optimizer.m"), cfg.batch_size
+    smallest = min(bs, train_size) if train_size % bs == 0 or train_size < bs else train_size % bs
+    if isinstance(m, int) and m > smallest:
+        raise ConfigError(
+            f"optimizer.m={m} is out of range: each of the m micro-batches needs at least one example, and "
+            f"the smallest batch has {smallest} ({train_size} training examples in batches of {bs}); use "
+            f"optimizer.m <= {smallest}"
+        )
+    top_k = cfg.metrics.sharpness.top_k
+    if cfg.metrics.sharpness.enabled and top_k >= num_params:
+        raise ConfigError(
+            f"metrics.sharpness.top_k={top_k} is out of range: the model has {num_params} trainable "
+            f"parameters, so at most {num_params - 1} eigenvalues can be computed"
+        )
