@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sam_lab.logging import read_jsonl
 from sam_lab.report.published import Metric
+from sam_lab.run.files import read_jsonl
 
 
 @dataclass
