@@ -23,7 +23,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam_lab.config import ConfigError, check_built, precision, register, validate, value_of
+from sam_lab.config import ConfigError, precision, register, validate, value_of
+from sam_lab.config_groups import check_built
 from sam_lab.data import DataError
 from sam_lab.engine import Trainer
 from sam_lab.run import checkpoint, rundir, summary
