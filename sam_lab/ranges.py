@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,9 +68,10 @@ class Range:
             return None if isinstance(value, bool) else f"is not allowed: must be {self.allowed()}"
         if self.choices:
             return None if value in self.choices else f"is not allowed: must be {self.allowed()}"
-        values = value if self.items and isinstance(value, list | tuple) else [value]
-        if self.items and not isinstance(value, list | tuple):
-            return f"is not allowed: must be {self.allowed()}"
+        listed = isinstance(value, Sequence) and not isinstance(value, str)  # also an OmegaConf ListConfig
+        if self.items != listed:
+            return f"is not allowed: must be {self.allowed(typed=not self.items)}"
+        values = value if listed else [value]
         for v in values:
             number = isinstance(v, int | float) and not isinstance(v, bool)
             if not number or (self.integer and not isinstance(v, int)):
@@ -88,7 +89,7 @@ def check(key: str, value: Any, rng: Range) -> None:
     """Raise ConfigError naming `key` if `value` is outside `rng`."""
     why = rng.problem(value)
     if why is not None:
-        shown = list(value) if isinstance(value, list | tuple) else value
+        shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
         raise ConfigError(f"{key}={shown} {why}")
 
 
