@@ -37,7 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sam_lab.ranges import ConfigError
 from sam_lab.run import checkpoint
@@ -265,6 +265,13 @@ class RunDirCallback(Callback):
         value = str(config.hydra.sweep.dir)
         _own_dir(value, "hydra.sweep.dir")
         _writable(Path(value), "hydra.sweep.dir")
+        # Resolve ${sweep_overrides:} here, in the launching process, also when hydra.sweep.dir does not use
+        # it: Hydra copies this config's resolver cache into every job, so a job's subdirectory name
+        # (${job_name:...}) sees the launching command line, not the job process's own argv.
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra["_sweep_overrides"] = "${sweep_overrides:}"
+            str(config.hydra["_sweep_overrides"])
+            del config.hydra["_sweep_overrides"]
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED and config.hydra.mode == RunMode.MULTIRUN:
