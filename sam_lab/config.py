@@ -3,13 +3,14 @@
 This file is the one home of those defaults and ranges (conf/train.yaml only composes the groups). Hydra
 merges the composed config onto `TrainConfig`, so a misspelled key, an unknown option or a value of the wrong
 type is refused at composition with a message naming the key; `validate` adds the ranges, read from each
-field's metadata (`at_least`, `within`), and refuses non-finite numbers.
+field's metadata (`at_least`, `within`), refuses non-finite numbers anywhere, and checks the groups'
+keys and declared ranges (`sam_lab.config_groups`, which also holds the cross-checks that need the dataset
+and the model). All of it runs before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import sys
@@ -18,18 +19,21 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_method
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from sam_lab import config_groups
+from sam_lab.ranges import ConfigError, Range, check
+from sam_lab.run import dirnames
 
 
 def at_least(lo: float, default: Any, why: str = "") -> Any:
     """A field whose value must be >= lo (None allowed where the default is None)."""
-    return field(default=default, metadata={"range": (lo, None), "why": why})
+    return field(default=default, metadata={"range": Range(lo, null=default is None), "why": why})
 
 
 def within(lo: float, hi: float, default: Any) -> Any:
     """A field whose value must lie in [lo, hi]."""
-    return field(default=default, metadata={"range": (lo, hi)})
+    return field(default=default, metadata={"range": Range(lo, hi)})
 
 
 def value_of(x: Any) -> Any:
@@ -155,10 +159,6 @@ class TrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-class ConfigError(ValueError):
-    """A user error in the configuration: reported as one line, exit code 1, no traceback."""
-
-
 def precision(cfg: DictConfig, device: Any) -> str:
     """`trainer.precision` on `device`: auto = bf16 autocast on CUDA, fp32 elsewhere."""
     value = value_of(cfg.trainer.precision)
@@ -173,18 +173,18 @@ def progress(cfg: DictConfig) -> bool:
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    # `${pid:}` in the run directory pattern: two runs started in the same microsecond still differ. Cached,
-    # so a sweep directory keeps its name in submitit jobs (Hydra copies the resolver cache into each job).
-    if not OmegaConf.has_resolver("pid"):
-        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+    # Resolvers of the run and sweep directory names (conf/train.yaml, sam_lab/run/dirnames.py). `${pid:}`:
+    # two runs started in the same microsecond still differ. The cached ones are computed once, in the
+    # launching process: Hydra copies the resolver cache into each job's config, also for submitit jobs.
+    resolvers = {"pid": os.getpid, "sweep_overrides": dirnames.sweep_overrides}
+    resolvers.update(shorten=dirnames.shorten, sweep_name=dirnames.sweep_name, job_name=dirnames.job_name)
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=name in ("pid", "sweep_overrides"))
 
 
-# Keys of the groups (not typed by the schema) with a range: key -> (lower bound, upper bound or None).
-GROUP_RANGES: dict[str, tuple[float, float | None]] = {"model.width": (1, None)}
-
-
-def _ranges(cls: type, prefix: str = "") -> dict[str, tuple[float, float | None]]:
-    """Every ranged field of a schema dataclass, nested ones included, as dotted key -> (lo, hi)."""
+def _ranges(cls: type, prefix: str = "") -> dict[str, Range]:
+    """Every ranged field of a schema dataclass, nested ones included, as dotted key -> Range."""
     out = {}
     for f in dataclasses.fields(cls):
         if "range" in f.metadata:
@@ -195,45 +195,36 @@ def _ranges(cls: type, prefix: str = "") -> dict[str, tuple[float, float | None]
     return out
 
 
-def check_range(key: str, value: Any, lo: float, hi: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return  # the schema's types are checked by OmegaConf
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value} is not allowed: must be a finite number")
-    if hi is None and value < lo:
-        raise ConfigError(f"{key}={value} is out of range: must be >= {lo}")
-    if hi is not None and not lo <= value <= hi:
-        raise ConfigError(f"{key}={value} is out of range: must be in [{lo}, {hi}]")
+def _finite(node: Any, key: str) -> None:
+    """No NaN or infinity anywhere: `nan < 0` is False, so a range alone lets them through."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            _finite(node[k], f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for item in node:
+            _finite(item, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed: must be a finite number")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Range checks on the composed config; raises ConfigError naming the key."""
-    for key, (lo, hi) in {**_ranges(TrainConfig), **GROUP_RANGES}.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None:
-            check_range(key, value, lo, hi)
+    """Everything that can be checked from the config alone; raises ConfigError naming the key."""
+    for key, rng in _ranges(TrainConfig).items():
+        check(key, OmegaConf.select(cfg, key), rng)
+    _finite(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), "")
     if OmegaConf.select(cfg, "metrics.sharpness.trace") == 1:
         raise ConfigError("metrics.sharpness.trace=1 is out of range: 0 (off) or >= 2 probes (an error bar)")
-    subset = OmegaConf.select(cfg, "data.subset")
-    if subset is not None and (not isinstance(subset, int) or subset < 1):
-        raise ConfigError(f"data.subset={subset} is out of range: must be a positive integer or null")
-    val_size = OmegaConf.select(cfg, "data.val_size")
-    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
-        raise ConfigError(f"data.val_size={val_size} is out of range: must be an integer >= 0")
     resume = cfg.get("resume")
     if not (isinstance(resume, bool) or resume == "auto"):
         raise ConfigError(f"resume={resume} is not allowed: must be true, false or auto")
+    config_groups.check_ranges(cfg)
     check_keys(cfg)
-
-
-# Groups whose keys are the keyword arguments of their `_target_` (the first positional argument of a
-# `_partial_` target, e.g. the optimizer's params, is supplied by the trainer).
-TARGET_GROUPS = ("data", "model", "optimizer", "scheduler", "logger")
+    config_groups.check_keys(cfg)
 
 
 def check_keys(cfg: DictConfig) -> None:
     """Refuse keys that nothing reads: `+typo=1` at the top level or in `trainer`/`metrics` (Hydra lets `+`
-    append to a structured config), and `+model.typo=1` in a group whose target has no such argument."""
+    append to a structured config); the groups' keys: `config_groups.check_keys`."""
     schema = {"": TrainConfig, "trainer.": TrainerConfig, "metrics.": MetricsConfig}
     for prefix, cls in schema.items():
         node = cfg if not prefix else cfg.get(prefix[:-1]) or {}
@@ -242,17 +233,3 @@ def check_keys(cfg: DictConfig) -> None:
         if unknown:
             allowed = ", ".join(sorted(known))
             raise ConfigError(f"unknown key {prefix}{unknown[0]}: not in the schema (allowed: {allowed})")
-    for group in TARGET_GROUPS:
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        try:
-            params = inspect.signature(get_method(node._target_)).parameters
-        except Exception:  # noqa: BLE001 - a target that cannot be imported: instantiate reports it
-            continue
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue  # the target takes **kwargs: it decides itself
-        allowed = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-        unknown = sorted(k for k in node if not k.startswith("_") and k not in allowed)
-        if unknown:
-            raise ConfigError(f"unknown key {group}.{unknown[0]}: {node._target_} takes {', '.join(allowed)}")

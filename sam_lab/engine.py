@@ -165,7 +165,7 @@ class Trainer:
                 record.update(self.sharpness(self.model, f"epoch{epoch}", epoch))
             self.elapsed += time.perf_counter() - t0
             self.epoch = epoch
-            append_jsonl(self.metrics_path, record)
+            append_jsonl(self.metrics_path, record, "metrics", epoch)
             self.logger.log(record, step=epoch)
             shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k.split("/")[0] in LOGGED)
             log.info("epoch %d/%d  %s", epoch, self.cfg.epochs, shown)

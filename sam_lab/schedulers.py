@@ -5,11 +5,14 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from sam_lab.ranges import Range, declare
+
 
 def _warm(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+@declare(warmup_epochs=Range(0.0), final_lr_frac=Range(0.0, 1.0))
 def cosine(
     optimizer: Optimizer,
     total_steps: int,
@@ -27,6 +30,7 @@ def cosine(
     return LambdaLR(optimizer, factor)
 
 
+@declare(milestones=Range(0.0, 1.0, items=True), gamma=Range(0.0, 1.0, lo_open=True))
 def step(
     optimizer: Optimizer,
     total_steps: int,

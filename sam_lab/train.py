@@ -24,11 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam_lab.config import ConfigError, precision, register, validate, value_of
+from sam_lab.config_groups import check_built
 from sam_lab.data import DataError
 from sam_lab.engine import Trainer
 from sam_lab.run import checkpoint, rundir, summary
 from sam_lab.run.checkpoint import CheckpointMismatch
-from sam_lab.run.faults import EXIT_DIVERGED, Diverged
+from sam_lab.run.claim import Claim
+from sam_lab.run.faults import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged
+from sam_lab.run.files import EXIT_OUTPUT, OutputError
 from sam_lab.run.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
 
 log = logging.getLogger("sam_lab.train")
@@ -43,7 +46,7 @@ class JobFailed(CompactHydraException):
     """A sweep job's user error: Hydra prints the job's overrides and this one message, no traceback."""
 
 
-def user_facing(err: Exception) -> tuple[str, int] | None:
+def user_facing(err: Exception, run_dir: Path) -> tuple[str, int] | None:
     """(message, exit status) for errors the user can fix or must know about; None for bugs (traceback)."""
     cause = err.__cause__ if isinstance(err, InstantiationException) else err
     if isinstance(cause, USER_ERRORS):
@@ -52,6 +55,9 @@ def user_facing(err: Exception) -> tuple[str, int] | None:
         return " ".join(line.strip() for line in str(err).splitlines()), 1
     if isinstance(err, Diverged):
         return str(err), EXIT_DIVERGED
+    if isinstance(err, OutputError):  # disk full, quota, read-only: nothing half-written was kept
+        how = rundir.continue_hint(run_dir)
+        return f"{err}; nothing half-written was kept: make room, then {how}", EXIT_OUTPUT
     return None
 
 
@@ -92,6 +98,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
 
     data = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, num_classes=data.num_classes)
+    check_built(cfg, len(data.train), sum(p.numel() for p in model.parameters() if p.requires_grad))
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     scheduler = instantiate(cfg.scheduler)(
@@ -103,19 +110,30 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str, Any]:
-    """Train one run into `run_dir` (new, or resumed as `resume` says: sam_lab.run.rundir); its summary."""
+    """Train one run into `run_dir` (new, or resumed as `resume` says: sam_lab.run.rundir); its summary.
+    Holds the run directory's lock throughout; writes nothing there until every check has passed."""
     run_dir = Path(run_dir)
-    plan = rundir.prepare(cfg, run_dir)
-    if plan.finished is not None:
-        log.info("%s already holds the finished run: nothing to do", run_dir)
-        return plan.finished
-    trainer = build(cfg, run_dir, choices)
+    validate(cfg)
+    with Claim(run_dir) as claim:
+        plan = rundir.prepare(cfg, run_dir)
+        if plan.finished is not None:
+            rundir.repair_finished(run_dir, plan)
+            log.info("%s already holds the finished run: nothing to do", run_dir)
+            return plan.finished
+        trainer = build(cfg, run_dir, choices)
+        if plan.resume:
+            checkpoint.restore(trainer, plan.state)
+        rundir.commit(cfg, run_dir, plan, claim)
+        return _train(trainer, cfg, run_dir, plan)
+
+
+def _train(trainer: Trainer, cfg: DictConfig, run_dir: Path, plan: rundir.Plan) -> dict[str, Any]:
     run_id = None
     if plan.resume:
-        checkpoint.restore(trainer, plan.state)
         run_id = plan.state["logger_run_id"]
         where = f", step {trainer.position['step']} of epoch {trainer.epoch + 1}" if trainer.position else ""
         log.info("resumed from %s after epoch %d%s", trainer.ckpt_path, trainer.epoch, where)
+    trainer.preemption.hint = rundir.continue_hint(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer.logger.start(config=config, run_dir=run_dir, name=run_dir.name, run_id=run_id)
     try:
@@ -135,8 +153,11 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         result = run(cfg, run_dir, dict(hc.runtime.choices))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print(f"error: stopped by Ctrl-C; {rundir.continue_hint(run_dir)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as err:
-        known = user_facing(err)
+        known = user_facing(err, run_dir)
         if known is None:
             raise  # a bug: full traceback
         if hc.mode == RunMode.MULTIRUN:  # the sweep goes on with the other jobs, then names this one
@@ -144,7 +165,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {known[0]}", file=sys.stderr)
         sys.exit(known[1])
     acc, best = result.get("test/acc"), result.get("best_val/test_acc")
-    print(f"final test accuracy: {acc:.4f} (best-val checkpoint: {best:.4f})  run dir: {run_dir}")
+    shown = [f"{x:.4f}" if isinstance(x, int | float) else "n/a" for x in (acc, best)]
+    print(f"final test accuracy: {shown[0]} (best-val checkpoint: {shown[1]})  run dir: {run_dir}")
     return acc
 
 

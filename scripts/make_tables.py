@@ -47,21 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.sweeps:
         p.error("give at least one sweep directory (or --published)")
-    runs = cli.read_runs(args.sweeps)
-    if runs is None:
-        return 2
     try:
+        runs = cli.read_runs(args.sweeps)
+        if runs is None:
+            return 2
         unit = "acc%" if "acc" in args.metric else "raw"
         tables = tables_for_runs(runs, args.table, Metric(args.metric, unit), args.sharpness_key)
+        print("\n\n".join(markdown(t) for t in tables))
+        print()
+        print(problems_markdown(runs))
+        if args.csv:
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            args.csv.write_text(csv_text(tables))
+            print(f"\nCSV: {args.csv}")
     except KeyError as err:
         return cli.error(err.args[0])
-    print("\n\n".join(markdown(t) for t in tables))
-    print()
-    print(problems_markdown(runs))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        args.csv.write_text(csv_text(tables))
-        print(f"\nCSV: {args.csv}")
+    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
+        return cli.error(f"cannot use {err.filename}: {err.strerror}")
     return 0
 
 

@@ -28,14 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         help="summary.json sharpness key for vs_rho.png (e.g. sharpness/per_batch_max)",
     )
     args = p.parse_args(argv)
-    runs = cli.read_runs(args.sweeps)
-    if runs is None:
-        return 2
-    written = [
-        plot_curves(runs, args.out / "curves.png"),
-        plot_ratio(runs, args.out / "ratio_gt1.png"),
-        plot_vs_rho(runs, args.out / "vs_rho.png", args.acc_key, args.sharpness_key),
-    ]
+    try:
+        runs = cli.read_runs(args.sweeps)
+        if runs is None:
+            return 2
+        written = [
+            plot_curves(runs, args.out / "curves.png"),
+            plot_ratio(runs, args.out / "ratio_gt1.png"),
+            plot_vs_rho(runs, args.out / "vs_rho.png", args.acc_key, args.sharpness_key),
+        ]
+    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
+        return cli.error(f"cannot use {err.filename}: {err.strerror}")
     unfinished = sum(not r.finished for r in runs)
     print(f"{len(runs)} runs ({unfinished} not finished)")
     for path in written:

@@ -7,8 +7,10 @@ traceback, and that no existing run directory changed.
 
 Templates in `args`, `env` and `expect`: {run} is the run directory the row uses, {tmp} the test's scratch
 directory, {port} a local TCP port that accepts connections, {md5} / {md5_expected} the checksums of the
-corrupted CIFAR file. Targets: "victim" = a finished run (every file must be byte-identical afterwards),
-"broken" = a copy of it whose checkpoint is truncated, "fresh" = a new directory.
+corrupted CIFAR file, {pid} / {host} / {started} the live process that holds a run directory. Targets:
+"victim" = a finished run (every file must be byte-identical afterwards), "broken" = a copy of it whose
+checkpoint is truncated, "fresh" = a new directory (a refused start must leave no file in it). Rows with a
+`script` run `scripts/<script>.py ARGS` instead of the trainer.
 """
 
 from __future__ import annotations
@@ -53,19 +55,32 @@ class Row:
     target: str = "victim"  # victim | broken | fresh (see module doc)
     env: tuple[tuple[str, str | None], ...] = ()  # environment (None = unset)
     setup: str | None = None  # a fixture in test_bad_inputs.py that prepares the row
-    kind: str = "config"  # config | resume | data | output | wandb (the doc's sections)
+    kind: str = "config"  # config | checks | resume | data | output | scripts | wandb (the doc's sections)
     synthetic: bool = True  # start from BASE + SYNTHETIC (False: BASE only; the row picks the data)
+    script: str | None = None  # scripts/<script>.py ARGS instead of the trainer
 
     def argv(self, run: str, fill) -> list[str]:
         """The command line: flags first (argparse), then BASE, the run directory, the row's overrides."""
         mine = [fill(a) for a in self.args]
+        if self.script:
+            return mine
         flags = [a for a in mine if a.startswith("-")]
         data = SYNTHETIC if self.synthetic else []
         return [*flags, *BASE, *data, f"hydra.run.dir={run}", *(a for a in mine if not a.startswith("-"))]
 
 
-def _bad_value(key: str, value: str, expect: str) -> Row:
-    return Row(f"`{key}` out of range", (f"{key}={value}",), expect)
+def _bad_value(key: str, value: str, expect: str, *pre: str, what: str = "out of range") -> Row:
+    return Row(f"`{key}` {what}", (*pre, f"{key}={value}"), expect)
+
+
+def _unknown(key: str, value: str, expect: str, *pre: str, what: str) -> Row:
+    return Row(what, (*pre, f"+{key}={value}"), expect)
+
+
+SAM_KEYS = ", ".join(
+    ["lr", "rho", "momentum", "weight_decay", "nesterov", "m", "ascent_fraction", "ascent_steps"]
+    + ["bn_second_pass", "adaptive", "eta"]
+)
 
 
 ROWS: list[Row] = [
@@ -76,7 +91,7 @@ ROWS: list[Row] = [
     _bad_value("lr", "-1", "error: lr=-1.0 is out of range: must be >= 0.0"),
     _bad_value("weight_decay", "-5e-4", "error: weight_decay=-0.0005 is out of range: must be >= 0.0"),
     _bad_value("seed", "-1", "error: seed=-1 is out of range: must be >= 0"),
-    _bad_value("model.width", "0", "error: model.width=0 is out of range: must be >= 1"),
+    _bad_value("model.width", "0", "error: model.width=0 is out of range: must be an integer >= 1"),
     _bad_value(
         "trainer.label_smoothing",
         "1.5",
@@ -85,8 +100,114 @@ ROWS: list[Row] = [
     _bad_value(
         "metrics.grad_stats_every", "-1", "error: metrics.grad_stats_every=-1 is out of range: must be >= 0"
     ),
+    _bad_value("data.subset", "0", "error: data.subset=0 is out of range: must be an integer >= 1 or null"),
+    _bad_value("lr", "nan", "error: lr=nan is not allowed: must be a finite number", what="not finite"),
     _bad_value(
-        "data.subset", "0", "error: data.subset=0 is out of range: must be a positive integer or null"
+        "optimizer.momentum",
+        "inf",
+        "error: optimizer.momentum=inf is not allowed: must be a finite number",
+        what="not finite (a group's key)",
+    ),
+    _bad_value(
+        "optimizer.momentum", "1.0", "error: optimizer.momentum=1.0 is out of range: must be in [0.0, 1.0)"
+    ),
+    _bad_value(
+        "optimizer.momentum",
+        "abc",
+        "error: optimizer.momentum=abc is not allowed: must be a number in [0.0, 1.0)",
+        what="not a number",
+    ),
+    _bad_value("optimizer.m", "0", "error: optimizer.m=0 is out of range: must be an integer >= 1"),
+    _bad_value(
+        "optimizer.m",
+        "1.5",
+        "error: optimizer.m=1.5 is not allowed: must be an integer >= 1",
+        what="not an integer",
+    ),
+    _bad_value(
+        "optimizer.ascent_fraction",
+        "0",
+        "error: optimizer.ascent_fraction=0 is out of range: must be in (0.0, 1.0]",
+    ),
+    _bad_value(
+        "optimizer.ascent_steps",
+        "0",
+        "error: optimizer.ascent_steps=0 is out of range: must be an integer >= 1",
+    ),
+    _bad_value(
+        "optimizer.bn_second_pass",
+        "reset",
+        "error: optimizer.bn_second_pass=reset is not allowed: must be one of freeze, update",
+        what="not one of its options",
+    ),
+    _bad_value(
+        "optimizer.eta", "0", "error: optimizer.eta=0 is out of range: must be > 0.0", "optimizer=asam"
+    ),
+    _bad_value(
+        "optimizer.lmbda",
+        "1.5",
+        "error: optimizer.lmbda=1.5 is out of range: must be in [0.0, 1.0]",
+        "optimizer=fsam",
+    ),
+    _bad_value(
+        "optimizer.sigma", "-1", "error: optimizer.sigma=-1 is out of range: must be >= 0.0", "optimizer=fsam"
+    ),
+    _bad_value(
+        "optimizer.granularity",
+        "layer",
+        "error: optimizer.granularity=layer is not allowed: must be one of element, tensor, global",
+        "optimizer=samdirection",
+        what="not one of its options",
+    ),
+    _bad_value(
+        "optimizer.hessian",
+        "exact",
+        "error: optimizer.hessian=exact is not allowed: must be one of hutchinson, gnb, hvp",
+        "optimizer=sgdhess",
+        what="not one of its options",
+    ),
+    _bad_value(
+        "optimizer.hessian_every",
+        "0",
+        "error: optimizer.hessian_every=0 is out of range: must be an integer >= 1",
+        "optimizer=sgdhess",
+    ),
+    _bad_value(
+        "scheduler.final_lr_frac",
+        "2",
+        "error: scheduler.final_lr_frac=2 is out of range: must be in [0.0, 1.0]",
+    ),
+    _bad_value(
+        "scheduler.warmup_epochs", "-1", "error: scheduler.warmup_epochs=-1 is out of range: must be >= 0.0"
+    ),
+    _bad_value(
+        "scheduler.gamma",
+        "0",
+        "error: scheduler.gamma=0 is out of range: must be in (0.0, 1.0]",
+        "scheduler=step",
+    ),
+    _bad_value(
+        "scheduler.milestones",
+        "[0.5,1.5]",
+        "error: scheduler.milestones=[0.5, 1.5] is out of range: must be a list of numbers, each in "
+        "[0.0, 1.0]",
+        "scheduler=step",
+    ),
+    _bad_value(
+        "data.augment.crop", "-1", "error: data.augment.crop=-1 is out of range: must be an integer >= 0"
+    ),
+    _bad_value(
+        "data.augment.cutout",
+        "1.5",
+        "error: data.augment.cutout=1.5 is not allowed: must be an integer >= 0",
+        what="not an integer",
+    ),
+    _bad_value("data.num_train", "1", "error: data.num_train=1 is out of range: must be an integer >= 2"),
+    _bad_value(
+        "model.dropout",
+        "1.5",
+        "error: model.dropout=1.5 is out of range: must be in [0.0, 1.0)",
+        "model=wrn16_8",
     ),
     Row(
         "`rho` not a number",
@@ -160,13 +281,36 @@ ROWS: list[Row] = [
     Row(
         "a key the model does not take, forced in with `+`",
         ("+model.depth=50",),
-        "error: unknown key model.depth: sam_lab.models.resnet18 takes num_classes, width",
+        "error: unknown key model.depth: sam_lab.models.resnet18 takes width",
     ),
     Row(
         "a key the scheduler does not take, forced in with `+`",
         ("+scheduler.warmup=5",),
-        "error: unknown key scheduler.warmup: sam_lab.schedulers.cosine takes optimizer, total_steps, "
-        "warmup_epochs, steps_per_epoch, final_lr_frac",
+        "error: unknown key scheduler.warmup: sam_lab.schedulers.cosine takes warmup_epochs, final_lr_frac",
+    ),
+    _unknown(
+        "optimizer.rhoo",
+        "0.1",
+        f"error: unknown key optimizer.rhoo: sam_lab.optim.SAM takes {SAM_KEYS}",
+        what="a misspelled optimizer key (SAM passes its **kwargs on to TwoPass)",
+    ),
+    _unknown(
+        "optimizer.sigma",
+        "1.0",
+        f"error: unknown key optimizer.sigma: sam_lab.optim.SAM takes {SAM_KEYS}",
+        what="a key of another optimizer (F-SAM's `sigma` given to SAM)",
+    ),
+    _unknown(
+        "data.augment.rotate",
+        "5",
+        "error: unknown key data.augment.rotate: data.augment takes crop, flip, cutout",
+        what="a misspelled `data.augment` key forced in with `+`",
+    ),
+    _unknown(
+        "model.num_classes",
+        "5",
+        "error: model.num_classes is set by the trainer, not by the config: remove it",
+        what="a key the trainer sets itself (from the dataset)",
     ),
     Row(
         "unknown option of a group",
@@ -181,6 +325,31 @@ ROWS: list[Row] = [
         ("dataset=cifar10",),
         "Could not override 'dataset'.\nTo append to your config use +dataset=cifar10\nKey 'dataset' not in "
         "'TrainConfig'\n    full_key: dataset\n    object_type=TrainConfig" + HYDRA_TAIL,
+    ),
+    # ---- cross-checks that need the dataset or the model (after building them, before any write) ---------
+    Row(
+        "`optimizer.m` micro-batches larger than a batch",
+        ("optimizer.m=64",),
+        "error: optimizer.m=64 is out of range: each of the m micro-batches needs at least one example, and "
+        "the smallest batch has 32 (32 training examples in batches of 32); use optimizer.m <= 32",
+        target="fresh",
+        kind="checks",
+    ),
+    Row(
+        "`optimizer.m` larger than the last, partial batch of an epoch",
+        ("optimizer.m=8", "data.num_train=45"),
+        "error: optimizer.m=8 is out of range: each of the m micro-batches needs at least one example, and "
+        "the smallest batch has 5 (37 training examples in batches of 32); use optimizer.m <= 5",
+        target="fresh",
+        kind="checks",
+    ),
+    Row(
+        "`metrics.sharpness.top_k` more eigenvalues than the model has parameters",
+        ("metrics.sharpness.top_k=100000",),
+        "error: metrics.sharpness.top_k=100000 is out of range: the model has 44622 trainable parameters, so "
+        "at most 44621 eigenvalues can be computed",
+        target="fresh",
+        kind="checks",
     ),
     # ---- resume ------------------------------------------------------------------------------------------
     Row(
@@ -219,9 +388,8 @@ ROWS: list[Row] = [
     Row(
         "`resume=false` in a directory that holds a run",
         ("resume=false",),
-        "error: run dir {run} already holds a run (.claim, checkpoints/last.pt, metrics.jsonl, "
-        "summary.json); resume=auto or resume=true continues it, or choose a new hydra.run.dir to start "
-        "another",
+        "error: run dir {run} already holds a run (checkpoints/last.pt, metrics.jsonl, summary.json); "
+        "resume=auto or resume=true continues it, or choose a new hydra.run.dir to start another",
         kind="resume",
     ),
     Row(
@@ -237,8 +405,7 @@ ROWS: list[Row] = [
         (),
         "error: cannot read checkpoint {run}/checkpoints/last.pt (RuntimeError: PytorchStreamReader failed "
         "reading zip archive: failed finding central directory): the file is damaged or not a sam_lab "
-        "checkpoint; restore a copy, or "
-        "delete {run} to start the run over",
+        "checkpoint; restore a copy, or delete {run} to start the run over",
         target="broken",
         kind="resume",
     ),
@@ -252,13 +419,23 @@ ROWS: list[Row] = [
         kind="resume",
     ),
     Row(
-        "a directory claimed by another run that has no checkpoint yet",
+        "a run without a checkpoint whose summary.json is damaged",
         (),
-        "error: run dir {run} is already used by another run (started 2024-01-01 00:00:00 by pid 12345 on "
-        "node7) that has written no checkpoint yet; choose a new hydra.run.dir, or delete {run} if that run "
-        "is dead",
+        "error: run dir {run} already holds a run (metrics.jsonl, summary.json); its summary.json cannot be "
+        "read (JSONDecodeError: Unterminated string starting at: line 1 column 12 (char 11)) and it has no "
+        "checkpoint to continue from: choose a new hydra.run.dir, or delete {run}",
         target="fresh",
-        setup="claimed",
+        setup="damaged_summary",
+        kind="resume",
+    ),
+    Row(
+        "the same command started again while the first is still running (or a requeue while the old job "
+        "runs)",
+        (),
+        "error: run dir {run} is in use by a live run (pid {pid} on {host}, started {started}); one run "
+        "directory holds one running process: wait for it to end (or stop it), or choose a new hydra.run.dir",
+        target="fresh",
+        setup="locked",
         kind="resume",
     ),
     # ---- data ---------------------------------------------------------------------------------------------
@@ -318,6 +495,76 @@ ROWS: list[Row] = [
         target="fresh",
         setup="afile",
         kind="output",
+    ),
+    Row(
+        "run directory is the file-system root",
+        ("hydra.run.dir=/",),
+        "error: hydra.run.dir=/ is the file-system root: a run writes its files into its own directory; use "
+        "e.g. hydra.run.dir=outputs/my_run",
+        target="fresh",
+        kind="output",
+    ),
+    Row(
+        "run directory is empty",
+        ("hydra.run.dir=",),
+        "error: hydra.run.dir is empty: give the directory for the files of this run, e.g. "
+        "hydra.run.dir=outputs/my_run",
+        target="fresh",
+        kind="output",
+    ),
+    Row(
+        "run directory is the working directory",
+        ("hydra.run.dir=.",),
+        "error: hydra.run.dir=. is the working directory: a run writes its files into its own directory; use "
+        "e.g. hydra.run.dir=outputs/my_run",
+        target="fresh",
+        setup="chdir",
+        kind="output",
+    ),
+    Row(
+        "sweep directory is the file-system root",
+        ("-m", "hydra.sweep.dir=/"),
+        "error: hydra.sweep.dir=/ is the file-system root: a run writes its files into its own directory; "
+        "use e.g. hydra.sweep.dir=outputs/my_run",
+        target="fresh",
+        kind="output",
+    ),
+    # ---- scripts: make_tables.py, plot_runs.py -----------------------------------------------------------
+    Row(
+        "tables of a directory that does not exist",
+        ("{tmp}/nope",),
+        "error: no such sweep directory: {tmp}/nope",
+        code=2,
+        target="fresh",
+        kind="scripts",
+        script="make_tables",
+    ),
+    Row(
+        "plots of a directory without runs",
+        ("{tmp}", "--out", "{tmp}/plots"),
+        "error: no runs (directories with .hydra/) under {tmp}",
+        code=2,
+        target="fresh",
+        kind="scripts",
+        script="plot_runs",
+    ),
+    Row(
+        "tables written where a file is in the way",
+        ("{run}", "--csv", "{tmp}/afile/table.csv"),
+        "error: cannot use {tmp}/afile: File exists",
+        code=2,
+        setup="afile",
+        kind="scripts",
+        script="make_tables",
+    ),
+    Row(
+        "plots written where a file is in the way",
+        ("{run}", "--out", "{tmp}/afile/plots"),
+        "error: cannot use {tmp}/afile/plots: Not a directory",
+        code=2,
+        setup="afile",
+        kind="scripts",
+        script="plot_runs",
     ),
     # ---- Weights & Biases: training goes on, with one warning ------------------------------------------
     Row(
@@ -400,9 +647,11 @@ ROWS: list[Row] = [
 
 SECTIONS = {
     "config": "Config values and keys (refused before anything is written; also when resuming a run)",
-    "resume": "Resuming (the existing run directory is left exactly as it was)",
+    "checks": "Settings checked against the dataset and the model (after building them, before any write)",
+    "resume": "The run directory (the existing run directory is left exactly as it was)",
     "data": "Data",
     "output": "Output directory",
+    "scripts": "Scripts (`scripts/make_tables.py`, `scripts/plot_runs.py`; exit status 2)",
     "wandb": "Weights & Biases (exit status 0: training goes on and writes its local files)",
 }
 
@@ -442,6 +691,22 @@ def call_main(args: list[str]) -> tuple[int, str, list[str]]:
     return code, err.getvalue(), mine
 
 
+def call_script(name: str, args: list[str]) -> tuple[int, str]:
+    """`python scripts/NAME.py ARGS` in this process: (exit status, stderr)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, CONF.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = module.main(args)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, err.getvalue()
+
+
 def _cell(text: str) -> str:
     return text.replace("<", "&lt;").replace("|", "\\|").replace("\n", "<br>")
 
@@ -455,6 +720,9 @@ def render() -> str:
         "{md5}": "MD5",
         "{md5_expected}": "MD5_EXPECTED",
         "{conf}": "CONF",
+        "{pid}": "PID",
+        "{host}": "HOST",
+        "{started}": "STARTED",
     }
     out, n = [], 0
     for kind, title in SECTIONS.items():
@@ -474,6 +742,7 @@ def render() -> str:
             env = " ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in row.env)
             for k, v in subs.items():
                 env = env.replace(k, v)
+            args = f"{row.script}.py {args}" if row.script else args
             shown = f"`{args}`" if args else "(none)"
             if env:
                 shown += f" with `{env}`"

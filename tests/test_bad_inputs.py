@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from sam_lab.run.loggers import PROXY_VARS, WandbLogger, wandb_unreachable
-from tests.bad_inputs import BASE, ROWS, SYNTHETIC, Row, call_main, render, row_id
+from tests.bad_inputs import BASE, ROWS, SYNTHETIC, Row, call_main, call_script, render, row_id
 from tests.cifar_fakes import patch_cifar_md5, write_fake_cifar
 from tests.conftest import CONF, ROOT, cli
 
@@ -85,16 +86,44 @@ def fake_wandb(behaviour: str | None) -> SimpleNamespace:
     return SimpleNamespace(init=init, Settings=lambda **kw: kw, Image=lambda path: path)
 
 
+# A process that holds a run directory's lock as a running sam_lab run does, and names itself in the claim.
+HOLDER = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+os.write(fd, json.dumps(info).encode())
+print(json.dumps(info), flush=True)
+time.sleep(600)
+"""
+
+
+def hold_lock(run: Path, request) -> dict[str, str]:
+    """Start a lock holder on `run`; returns its {pid}, {host}, {started}."""
+    run.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run / ".claim")], stdout=subprocess.PIPE)
+    request.addfinalizer(lambda: (holder.kill(), holder.wait(), holder.stdout.close()))
+    info = json.loads(holder.stdout.readline())
+    return {"{pid}": str(info["pid"]), "{host}": info["host"], "{started}": info["started"]}
+
+
+PREPARED = ("locked", "no_checkpoint_run", "damaged_summary")  # someone else's run directory: untouched
+
+
 def setup_row(row: Row, tmp: Path, run: Path, monkeypatch, request) -> dict[str, str]:
     """Prepare what the row needs; returns extra template values."""
     name, _, arg = (row.setup or "").partition(":")
     subs: dict[str, str] = {}
     if name == "no_cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    if name == "claimed":
+    if name == "locked":
+        subs.update(hold_lock(run, request))
+    if name == "chdir":  # `hydra.run.dir=.`: were it accepted, it would write here, not into the repository
+        monkeypatch.chdir(tmp)
+    if name == "damaged_summary":
         run.mkdir(parents=True)
-        claim = {"host": "node7", "pid": 12345, "started": "2024-01-01 00:00:00"}
-        (run / ".claim").write_text(json.dumps(claim))
+        (run / "metrics.jsonl").write_text('{"epoch": 1, "test/acc": 0.5}\n')
+        (run / "summary.json").write_text('{"status": "fin')
     if name == "no_checkpoint_run":
         run.mkdir(parents=True)
         (run / "metrics.jsonl").write_text('{"epoch": 1, "test/acc": 0.5}\n')
@@ -140,7 +169,12 @@ def test_bad_input(row: Row, victims, tmp_path, monkeypatch, request):
     before = {name: snapshot(d) for name, d in victims.items()}
     prepared = snapshot(run) if run.exists() else {}
 
-    code, err, warned = call_main(row.argv(str(run), lambda text: fill(text, subs)))
+    argv = row.argv(str(run), lambda text: fill(text, subs))
+    if row.script:
+        code, err = call_script(row.script, argv)
+        warned: list[str] = []
+    else:
+        code, err, warned = call_main(argv)
 
     expect = fill(row.expect, subs)
     assert code == row.code, err
@@ -152,12 +186,14 @@ def test_bad_input(row: Row, victims, tmp_path, monkeypatch, request):
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     for name, d in victims.items():
         assert snapshot(d) == before[name], f"{name} run directory changed"
-    if row.setup in ("claimed", "no_checkpoint_run"):  # someone else's run directory
+    if row.setup in PREPARED:
         assert snapshot(run) == prepared
+    elif row.code and row.target == "fresh":  # a refused start writes nothing (at most an empty directory)
+        assert not run.exists() or snapshot(run) == {}, snapshot(run)
 
 
-def test_table_has_25_rows_and_the_doc_shows_exactly_it():
-    assert len(ROWS) >= 25 and len({row_id(r) for r in ROWS}) == len(ROWS)
+def test_table_has_every_kind_of_bad_input_and_the_doc_shows_exactly_it():
+    assert len(ROWS) >= 80 and len({row_id(r) for r in ROWS}) == len(ROWS)
     doc = (ROOT / "docs" / "reliability.md").read_text()
     assert render() in doc, "docs/reliability.md is out of date: paste `python -m tests.bad_inputs` into it"
 

@@ -1,16 +1,20 @@
-"""Faults: SIGKILL at any point, preemption (SIGTERM/SIGUSR1, submitit requeue), divergence, collisions,
-failed sweep jobs, determinism. A resumed run must end bit-identical to an uninterrupted one (CPU)."""
+"""Faults: SIGKILL at any point, preemption (SIGTERM/SIGUSR1, submitit requeue), Ctrl-C, a full disk,
+divergence, two processes in one run directory, damaged bookkeeping, failed and preempted sweeps, long
+directory names, determinism. A resumed run must end bit-identical to an uninterrupted one (CPU)."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +22,12 @@ from torch import nn
 
 from sam_lab.engine import Sums, Trainer
 from sam_lab.optim import SAM, SGD
-from sam_lab.run.faults import EXIT_DIVERGED, EXIT_PREEMPTED, FAULT_ENV, NonfiniteGuard
-from sam_lab.run.files import read_jsonl
+from sam_lab.run.faults import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, FAULT_ENV, NonfiniteGuard
+from sam_lab.run.files import EXIT_OUTPUT, read_jsonl
 from sam_lab.train import run
 from tests.bad_inputs import call_main
 from tests.conftest import ROOT, cli, compose_cfg
+from tests.fault_scenarios import MESSAGES, SCENARIOS, render
 
 # 64 training images in batches of 16: 4 steps per epoch, 3 epochs, SAM with gradient statistics every 2 steps
 COMMON = [
@@ -93,10 +98,28 @@ def assert_same_run(a, b) -> None:
 # ---- crash and resume ---------------------------------------------------------------------------------
 
 
+def snapshot(run_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp"))
+
+
 def test_sigkill_mid_epoch_in_evaluation_and_in_checkpoint_write_then_resume_exactly(tmp_path, reference):
     out = tmp_path / "run"
     args = [*COMMON, f"hydra.run.dir={out}"]
 
+    killed = cli(args, cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "checkpoint:1"})  # the very first one
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert epochs(out) == [1] and leftovers(out) == ["checkpoints/last.pt.tmp"]
+    assert not (out / "checkpoints" / "last.pt").exists() and (out / ".claim").exists()
+
+    # the same command starts over by itself (nothing was lost), then dies mid-epoch
     killed = cli(args, cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "step:6"})  # epoch 2, step 2 of 4
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert epochs(out) == [1] and ckpt(out)["epoch"] == 1 and ckpt(out)["position"] is None
@@ -112,6 +135,7 @@ def test_sigkill_mid_epoch_in_evaluation_and_in_checkpoint_write_then_resume_exa
 
     run(compose_cfg(COMMON), out)  # resume=auto: from epoch 1, metrics.jsonl cut back to epoch 1 first
     assert_same_run(reference, out)
+    assert leftovers(out) == []
 
 
 def test_torn_last_line_of_metrics_is_dropped_on_resume(tmp_path):
@@ -131,10 +155,7 @@ def test_sigterm_and_sigusr1_checkpoint_mid_epoch_exit_75_and_resume_exactly(
     out = tmp_path / "run"
     res = cli([*COMMON, f"hydra.run.dir={out}"], cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "step:5:TERM"})
     assert res.returncode == EXIT_PREEMPTED, res.stderr[-2000:]
-    assert res.stderr.splitlines()[-1] == (
-        "preempted by SIGTERM at epoch 2, step 1/4: checkpoint written; exiting with status 75 "
-        "(resume=auto continues the run)"
-    )
+    assert res.stderr.splitlines()[-1] == MESSAGES["sigterm"].format(run=out)
     state = ckpt(out)
     assert state["epoch"] == 1 and (state["position"]["epoch"], state["position"]["step"]) == (2, 1)
     assert epochs(out) == [1]
@@ -209,11 +230,7 @@ def test_nan_stops_with_epoch_and_step_keeps_last_good_checkpoint_then_skip_mode
     nan_at({6})
     code, err, _ = call_main([*COMMON, f"hydra.run.dir={out}"])
     assert code == EXIT_DIVERGED
-    assert err == (
-        "error: training diverged: the loss became nan at epoch 2, step 2 (global step 6); the last good "
-        f"checkpoint {out}/checkpoints/last.pt is kept and summary.json has status: diverged. Lower lr or "
-        "rho, or set trainer.on_nonfinite=skip to skip such steps\n"
-    )
+    assert err == MESSAGES["diverged"].format(run=out) + "\n"
     state = ckpt(out)
     assert state["epoch"] == 1 and all(torch.isfinite(v.float()).all() for v in state["model"].values())
     summary = json.loads((out / "summary.json").read_text())
@@ -320,15 +337,182 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
     assert all(json.loads((d / ".claim").read_text())["pid"] in {p.pid for p in procs} for d in dirs)
 
 
-def test_a_claim_of_an_ended_process_on_this_host_is_taken_over(tmp_path):
-    """E.g. a start that died before its first checkpoint: the same command may use the directory again."""
+@pytest.mark.parametrize("claim", ["ended", "other_host", "empty"])
+def test_a_claim_nobody_holds_is_taken_over(tmp_path, claim):
+    """A claim file without a live lock: a start that died before its first checkpoint (here, or on another
+    node before a requeue), or one killed while writing its claim. The same command uses the directory."""
     out = tmp_path / "run"
     out.mkdir()
     ended = subprocess.Popen(["true"])
     ended.wait()
-    (out / ".claim").write_text(json.dumps({"host": socket.gethostname(), "pid": ended.pid, "started": "-"}))
-    run(compose_cfg(TINY_SGD), out)
+    host = socket.gethostname() if claim == "ended" else "node7"
+    text = "" if claim == "empty" else json.dumps({"host": host, "pid": ended.pid, "started": "-"})
+    (out / ".claim").write_text(text)
+    run(compose_cfg([*TINY_SGD, "metrics.sharpness.enabled=false"]), out)
     assert json.loads((out / ".claim").read_text())["pid"] == os.getpid() and epochs(out) == [1]
+
+
+def test_a_second_start_in_a_running_run_directory_is_refused_and_changes_nothing(tmp_path, reference):
+    """Two terminals, or a requeue while the old job still runs: one process trains, the other is refused
+    at once naming it, and the first ends exactly as if it had been alone."""
+    out = tmp_path / "run"
+    args = [*COMMON, f"hydra.run.dir={out}"]
+    env = {**os.environ, **ONE_THREAD, FAULT_ENV: "step:2:STOP", "WANDB_MODE": "disabled"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sam_lab.train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # stopped (SIGSTOP) after step 2, holding the lock
+        assert os.WIFSTOPPED(status)
+        before = snapshot(out)
+        code, err, _ = call_main(args)
+        started = json.loads((out / ".claim").read_text())["started"]
+        owner = {"pid": first.pid, "host": socket.gethostname(), "started": started}
+        assert code == 1 and err.splitlines() == [MESSAGES["in_use"].format(run=out, **owner)]
+        assert snapshot(out) == before
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert_same_run(reference, out)
+
+
+def test_disk_full_anywhere_leaves_no_tmp_names_the_path_and_the_same_command_continues(
+    tmp_path, reference, monkeypatch
+):
+    """ENOSPC injected into each kind of write: at the start (.hydra/), a checkpoint, a metrics line, the
+    summary. Each exits 74 with one line naming the path; nothing half-written stays; the run then ends
+    identical to an uninterrupted one."""
+    out = tmp_path / "run"
+    args = [*COMMON, f"hydra.run.dir={out}"]
+    for fault, path, ckpt_epoch, done in [
+        ("start:1:ENOSPC", ".hydra/config.yaml", None, []),
+        ("checkpoint:2:ENOSPC", "checkpoints/last.pt", 1, [1, 2]),
+        ("metrics:3:ENOSPC", "metrics.jsonl", 2, [1, 2]),
+        ("summary:1:ENOSPC", "summary.json", 3, [1, 2, 3]),
+    ]:
+        monkeypatch.setenv(FAULT_ENV, fault)
+        code, err, _ = call_main(args)
+        assert code == EXIT_OUTPUT and err.splitlines() == [MESSAGES["disk_full"].format(run=out, path=path)]
+        assert leftovers(out) == [] and epochs(out) == done, fault
+        assert ckpt_epoch is None or ckpt(out)["epoch"] == ckpt_epoch, fault
+        assert not (out / "summary.json").exists()
+    monkeypatch.delenv(FAULT_ENV)
+    code, err, _ = call_main(args)
+    assert code == 0, err
+    assert_same_run(reference, out)
+
+
+def test_ctrl_c_checkpoints_a_second_stops_at_once_sigterm_in_the_final_sharpness_hands_off(
+    tmp_path, reference
+):
+    out = tmp_path / "run"
+    args = [*COMMON, f"hydra.run.dir={out}"]
+
+    res = cli(args, cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "step:5:INT"})  # Ctrl-C in epoch 2
+    assert res.returncode == EXIT_INTERRUPTED and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.splitlines()[-1] == MESSAGES["ctrl_c"].format(run=out)
+    assert (ckpt(out)["position"]["epoch"], ckpt(out)["position"]["step"]) == (2, 1) and epochs(out) == [1]
+
+    before = snapshot(out)["checkpoints/last.pt"]
+    res = cli(args, cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "step:7:INT,step:7:INT"})  # Ctrl-C twice
+    assert res.returncode == EXIT_INTERRUPTED and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.splitlines()[-1] == MESSAGES["ctrl_c_twice"].format(run=out)
+    assert snapshot(out)["checkpoints/last.pt"] == before and leftovers(out) == []
+
+    # SIGTERM at the 3rd forward pass of the final metrics (the best-val test set, then Hessian-vector
+    # products): without the check the run would finish the sharpness, write the summary and exit 0
+    res = cli(args, cwd=tmp_path, env={**ONE_THREAD, FAULT_ENV: "final:3:TERM"})
+    assert res.returncode == EXIT_PREEMPTED, res.stderr[-2000:]
+    assert res.stderr.splitlines()[-1] == MESSAGES["final"].format(run=out)
+    assert ckpt(out)["epoch"] == 3 and not (out / "summary.json").exists()
+
+    run(compose_cfg(COMMON), out)
+    assert_same_run(reference, out)
+
+
+@pytest.mark.parametrize("damage", ["metrics_missing", "metrics_torn_in_the_middle", "summary_truncated"])
+def test_damaged_bookkeeping_of_a_finished_run_is_rebuilt_from_the_checkpoint(tmp_path, reference, damage):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    metrics, summary = out / "metrics.jsonl", out / "summary.json"
+    if damage == "metrics_missing":
+        metrics.unlink()
+    elif damage == "metrics_torn_in_the_middle":
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text(lines[0] + lines[1][: len(lines[1]) // 2] + "\n" + lines[2])
+    else:
+        summary.write_text(summary.read_text()[:40])
+    code, err, _ = call_main([*COMMON, f"hydra.run.dir={out}"])
+    assert code == 0 and "Traceback" not in err, err
+    assert_same_run(reference, out)
+    logged = (out / "train.log").read_text()
+    if damage == "summary_truncated":  # the final metrics are computed again from the final checkpoint
+        assert "summary.json cannot be read (JSONDecodeError" in logged
+    else:  # the summary was fine: it is left as it was
+        assert summary.read_bytes() == (reference / "summary.json").read_bytes()
+        why = "was missing" if damage == "metrics_missing" else "had 1 damaged line"
+        assert MESSAGES["rebuilt"].format(why=why) in logged
+
+
+# the defaults, spelled out: 16 overrides whose names reach ~500 bytes, far beyond a file name's 255
+LONG = [
+    "optimizer.momentum=0.9",
+    "optimizer.nesterov=false",
+    "weight_decay=0.0005",
+    "scheduler.warmup_epochs=0.0",
+    "scheduler.final_lr_frac=0.0",
+    "trainer.label_smoothing=0.0",
+    "trainer.eval_batch_size=1024",
+    "trainer.channels_last=true",
+    "data.augment.crop=4",
+    "data.augment.cutout=0",
+    "data.augment.flip=true",
+    "metrics.probe_sam_every=0",
+    "metrics.sharpness.num_samples=5120",
+    "metrics.sharpness.per_batch_count=40",
+    "metrics.sharpness.per_batch_size=128",
+    "metrics.sharpness.density_steps=64",
+]
+
+
+def test_default_run_directory_names_fit_the_file_name_limit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err, _ = call_main([*TINY_SGD, "metrics.sharpness.enabled=false", *LONG])
+    assert code == 0, err
+    (out,) = [p.parent for p in (tmp_path / "outputs" / "runs").glob("*/*/summary.json")]
+    assert len(out.name.encode()) <= 120 and out.name.startswith(tuple("0123456789"))  # limit: 255
+    assert out.name.split("_", 1)[1].startswith("batch_size=16,data.augment.crop=4,data.augment.cutout=0")
+    assert len(out.name.rsplit("-", 1)[1]) == 8  # the hash of the whole override string
+    overrides = (out / ".hydra" / "overrides.yaml").read_text()
+    assert all(o in overrides for o in LONG)  # the full overrides stay in the run's config
+
+
+def test_a_preempted_sweep_is_continued_by_the_same_command(tmp_path, monkeypatch):
+    """Plain `-m` sweep (basic launcher) of 2 jobs with long overrides; job 1 is preempted, the sweep exits
+    75; the same command, run again, finds the same sweep directory, leaves job 0 as it is (no retraining)
+    and continues job 1 from its checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", *TINY_SGD, "epochs=2", "metrics.sharpness.enabled=false", *LONG, "seed=0,1"]
+    monkeypatch.setenv(FAULT_ENV, "1@step:5:TERM")  # sweep job 1, epoch 2, step 1
+    code, err, _ = call_main(args)
+    assert code == EXIT_PREEMPTED, err
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert len(sweep.name.encode()) <= 100 and "seed=0,1" in (sweep / "multirun.yaml").read_text()
+    job0, job1 = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert (job0.name, job1.name) == ("0_seed=0", "1_seed=1")  # named by what the sweep varies
+    assert err.splitlines()[-1] == MESSAGES["sweep"].format(sweep=sweep)
+    finished = snapshot(job0)
+    assert json.loads((job0 / "summary.json").read_text())["status"] == "finished"
+    assert ckpt(job1)["position"]["epoch"] == 2 and not (job1 / "summary.json").exists()
+
+    monkeypatch.delenv(FAULT_ENV)
+    code, err, _ = call_main(args)
+    assert code == 0, err
+    assert list((tmp_path / "outputs" / "sweeps").iterdir()) == [sweep]
+    assert snapshot(job0) == finished  # not trained again
+    assert epochs(job1) == [1, 2] and json.loads((job1 / "summary.json").read_text())["status"] == "finished"
 
 
 def test_failed_sweep_job_is_named_and_leaves_the_other_jobs_intact(tmp_path):
@@ -359,3 +543,11 @@ def test_deterministic_runs_with_the_same_seed_give_identical_summaries(tmp_path
         torch.use_deterministic_algorithms(False)
     assert without_timing(a) == without_timing(b)
     assert without_timing(a)["train/loss"] != without_timing(c)["train/loss"]  # the seed does matter
+
+
+def test_every_fault_scenario_is_driven_by_a_test_and_the_doc_shows_exactly_them():
+    assert len(SCENARIOS) >= 25 and all(callable(globals().get(s.test)) for s in SCENARIOS)
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    assert render() in doc, (
+        "docs/reliability.md is out of date: paste `python -m tests.fault_scenarios` into it"
+    )

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from sam_lab.ranges import Range, check_values, ranges_of
+
 
 class DataError(ValueError):
     """A dataset cannot be loaded as configured; the message names the `data.*` key and the fix."""
@@ -49,16 +51,15 @@ class ImageSet:
 class Augment:
     """Training-time augmentation; val/test batches are never augmented."""
 
-    crop: int = 4  # random-crop zero padding in pixels (torchvision RandomCrop(32, padding=crop)); 0 = off
-    flip: bool = True  # random horizontal flip, p=0.5
-    cutout: int = 0  # side of a square zeroed after normalisation (DeVries & Taylor 2017); 0 = off
+    # random-crop zero padding in pixels (torchvision RandomCrop(32, padding=crop)); 0 = off
+    crop: int = dataclasses.field(default=4, metadata={"range": Range(0, integer=True)})
+    # random horizontal flip, p=0.5
+    flip: bool = dataclasses.field(default=True, metadata={"range": Range(flag=True)})
+    # side of a square zeroed after normalisation (DeVries & Taylor 2017); 0 = off
+    cutout: int = dataclasses.field(default=0, metadata={"range": Range(0, integer=True)})
 
     def __post_init__(self) -> None:
-        if self.crop < 0 or self.cutout < 0:
-            raise DataError(
-                f"data.augment.crop and data.augment.cutout must be >= 0, got crop={self.crop}, "
-                f"cutout={self.cutout}"
-            )
+        check_values(dataclasses.asdict(self), ranges_of(Augment), "data.augment.")
 
 
 @dataclass
@@ -79,10 +80,10 @@ def as_augment(augment: Augment | Mapping[str, Any] | None) -> Augment:
         return Augment(crop=0, flip=False, cutout=0)
     if isinstance(augment, Augment):
         return augment
-    allowed = {f.name for f in dataclasses.fields(Augment)}
-    unknown = set(augment) - allowed
+    allowed = [f.name for f in dataclasses.fields(Augment)]
+    unknown = sorted(set(augment) - set(allowed))
     if unknown:
-        raise DataError(f"unknown key(s) data.augment.{sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise DataError(f"unknown key data.augment.{unknown[0]}: takes {', '.join(allowed)}")
     return Augment(**{k: augment[k] for k in augment})
 
 

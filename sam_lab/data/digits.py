@@ -18,6 +18,7 @@ from sam_lab.data.base import (
     channel_stats,
     split_train_val,
 )
+from sam_lab.ranges import Range, declare
 
 TEST_SPLIT_SEED = 0  # fixed, independent of `seed`, so the test set never changes between runs
 
@@ -33,6 +34,7 @@ def digits_images() -> ImageSet:
     return ImageSet(images, torch.from_numpy(y).to(torch.int64))
 
 
+@declare(test_size=Range(1, integer=True))
 def load_digits(
     val_size: int, subset: int | None, seed: int, augment: Augment | Mapping[str, Any], test_size: int = 297
 ) -> DataBundle:

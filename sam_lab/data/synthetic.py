@@ -7,12 +7,16 @@ from typing import Any
 
 import torch
 
-from sam_lab.data.base import Augment, DataBundle, DataError, ImageSet, as_augment, split_train_val
+from sam_lab.data.base import Augment, DataBundle, ImageSet, as_augment, split_train_val
+from sam_lab.ranges import Range, declare
 
 DATA_SEED = 1234  # the images are fixed; `seed` only moves the train/val split, as for the real datasets
 STD = ((256**2 - 1) / 12) ** 0.5 / 255  # std of the uniform distribution on 0..255, in [0, 1] units (~0.29)
 
 
+@declare(
+    num_train=Range(2, integer=True), num_test=Range(1, integer=True), num_classes=Range(2, integer=True)
+)
 def load_synthetic(
     num_train: int = 512,
     num_test: int = 256,
@@ -26,11 +30,6 @@ def load_synthetic(
 
     Every argument has a default so tests can call `load_synthetic()`; `augment=None` means no augmentation.
     """
-    if num_train < 2 or num_test < 1 or num_classes < 2:
-        raise DataError(
-            f"data.num_train >= 2, data.num_test >= 1 and data.num_classes >= 2 required, got "
-            f"{num_train}, {num_test}, {num_classes}"
-        )
     g = torch.Generator().manual_seed(DATA_SEED)
     n = num_train + num_test
     images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)

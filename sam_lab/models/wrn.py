@@ -7,6 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam_lab.models.resnet import init_weights
+from sam_lab.ranges import Range, declare
+
+DROPOUT = Range(0.0, 1.0, hi_open=True)
 
 
 class WideBlock(nn.Module):
@@ -66,11 +69,13 @@ def wrn(
     return WideResNet(depth, widen_factor, num_classes, width, dropout)
 
 
+@declare(dropout=DROPOUT)
 def wrn28_10(num_classes: int = 10, width: int = 16, dropout: float = 0.0) -> WideResNet:
     """WRN-28-10; ~36.48M params at width 16 / 10 classes."""
     return WideResNet(28, 10, num_classes, width, dropout)
 
 
+@declare(dropout=DROPOUT)
 def wrn16_8(num_classes: int = 10, width: int = 16, dropout: float = 0.0) -> WideResNet:
     """WRN-16-8; ~10.96M params at width 16 / 10 classes."""
     return WideResNet(16, 8, num_classes, width, dropout)

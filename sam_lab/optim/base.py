@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.optim.sgd import sgd as sgd_update
 
 from sam_lab.optim.closure import Closure
+from sam_lab.ranges import Range, check_values, ranges_of
 
 
 def global_norm(tensors: list[Tensor]) -> Tensor:
@@ -63,6 +64,14 @@ class BaseSGD(torch.optim.Optimizer):
     second_order = False
     needs_clean_grad = False
     two_pass = False
+    # What each hyper-parameter may be, merged with the subclasses' own `ranges` (sam_lab.ranges): the
+    # constructor checks them, and the trainer's config validation reads them to name the key at start.
+    ranges = {
+        "lr": Range(0.0),
+        "momentum": Range(0.0, 1.0, hi_open=True),
+        "weight_decay": Range(0.0),
+        "nesterov": Range(flag=True),
+    }
 
     def __init__(
         self,
@@ -73,11 +82,8 @@ class BaseSGD(torch.optim.Optimizer):
         nesterov: bool = False,
         **extra,
     ) -> None:
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(
-                f"lr, momentum and weight_decay must be >= 0 (got {lr}, {momentum}, {weight_decay})"
-            )
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **extra)
+        check_values(defaults, ranges_of(type(self)))
         super().__init__(params, defaults)
         self.capture = False  # set by the trainer on steps whose gradient statistics it wants
         self.captured: dict[str, list[Tensor]] | None = None
@@ -169,6 +175,15 @@ class TwoPass(BaseSGD):
     """
 
     two_pass = True
+    ranges = {
+        "rho": Range(0.0),
+        "m": Range(1, integer=True),
+        "ascent_fraction": Range(0.0, 1.0, lo_open=True),
+        "ascent_steps": Range(1, integer=True),
+        "bn_second_pass": Range(choices=("freeze", "update")),
+        "adaptive": Range(flag=True),
+        "eta": Range(0.0, lo_open=True),
+    }
 
     def __init__(
         self,
@@ -186,15 +201,6 @@ class TwoPass(BaseSGD):
         eta: float = 0.01,
         **extra,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0 (got {rho})")
-        if m < 1 or ascent_steps < 1 or not 0 < ascent_fraction <= 1:
-            raise ValueError(
-                f"need m >= 1, ascent_steps >= 1, 0 < ascent_fraction <= 1 (got {m}, {ascent_steps}, "
-                f"{ascent_fraction})"
-            )
-        if bn_second_pass not in ("freeze", "update"):
-            raise ValueError(f"bn_second_pass must be 'freeze' or 'update' (got {bn_second_pass!r})")
         super().__init__(
             params,
             lr=lr,

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from sam_lab.optim.base import TwoPass
+from sam_lab.ranges import Range
 
 
 class FSAM(TwoPass):
@@ -18,10 +19,9 @@ class FSAM(TwoPass):
     """
 
     needs_clean_grad = True  # the EMA update in `descent_grad` reads g
+    ranges = {"sigma": Range(0.0), "lmbda": Range(0.0, 1.0)}  # sigma = 0 is SAM, as rho = 0 is SGD
 
     def __init__(self, params, lr: float, sigma: float = 1.0, lmbda: float = 0.9, **kwargs) -> None:
-        if not 0.0 <= lmbda <= 1.0:
-            raise ValueError(f"lmbda must be in [0, 1] (got {lmbda})")
         super().__init__(params, lr, sigma=sigma, lmbda=lmbda, **kwargs)
 
     def perturbation(self, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:

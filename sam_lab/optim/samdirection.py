@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from sam_lab.optim.base import TwoPass, global_norm
+from sam_lab.ranges import Range
 
 GRANULARITIES = ("element", "tensor", "global")
 
@@ -36,10 +37,9 @@ class SAMDirection(TwoPass):
     """
 
     needs_clean_grad = True
+    ranges = {"granularity": Range(choices=GRANULARITIES)}
 
     def __init__(self, params, lr: float, granularity: str = "element", **kwargs) -> None:
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES} (got {granularity!r})")
         super().__init__(params, lr, granularity=granularity, **kwargs)
 
     def descent_grad(self, params: list[Tensor], g: list[Tensor], g_s: list[Tensor]) -> list[Tensor]:  # type: ignore[override]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from sam_lab.optim.base import BaseSGD, Closure, frozen_bn
+from sam_lab.ranges import Range
 
 HESSIANS = ("hutchinson", "gnb", "hvp")
 
@@ -23,15 +24,11 @@ class SGDHess(BaseSGD):
     """
 
     second_order = True  # p.grad carries its graph (closure(create_graph=True)) for the H v products
+    ranges = {"rho": Range(0.0), "hessian": Range(choices=HESSIANS), "hessian_every": Range(1, integer=True)}
 
     def __init__(
         self, params, lr: float, rho: float, hessian: str = "hutchinson", hessian_every: int = 1, **kw
     ) -> None:
-        if hessian not in HESSIANS or hessian_every < 1 or rho < 0:
-            raise ValueError(
-                f"need hessian in {HESSIANS}, hessian_every >= 1, rho >= 0 (got {hessian!r}, "
-                f"{hessian_every}, {rho})"
-            )
         super().__init__(params, lr, rho=rho, hessian=hessian, hessian_every=hessian_every, **kw)
         self.second_order = hessian != "gnb"  # GNB needs first-order gradients only
 

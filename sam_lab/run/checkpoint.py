@@ -1,22 +1,21 @@
 """`checkpoints/last.pt`: written atomically, read once, and checked against the run that loads it.
 
 A checkpoint holds the trainer's `state_dict()` (model, optimizer, scheduler, epoch, best-val weights, RNG,
-the resolved config, the position inside an epoch for a preemption checkpoint). It is read with
+the resolved config, the position inside an epoch for a preemption checkpoint) and the metrics history of
+the epochs it has seen, from which a missing or damaged `metrics.jsonl` is rebuilt. It is read with
 `weights_only=True`: tensors and plain containers only, so a checkpoint from elsewhere cannot run code.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
 
-from sam_lab.config import ConfigError
-from sam_lab.run import faults
-from sam_lab.run.files import trim_jsonl
+from sam_lab.ranges import ConfigError
+from sam_lab.run.files import atomic, read_records
 
 if TYPE_CHECKING:
     from sam_lab.engine import Trainer
@@ -45,15 +44,10 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def save(path: Path, state: dict[str, Any], epoch: int) -> None:
-    """Atomic: a crash leaves either the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """Atomic: a crash leaves either the old or the new file, never half of one; a failed write (disk full)
+    leaves the old file and no temporary one, and raises OutputError naming the path."""
+    with atomic(path, "checkpoint", epoch) as f:
         torch.save(state, f)
-        f.flush()
-        faults.inject("checkpoint", epoch)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_weights(path: Path, model: torch.nn.Module, state: dict[str, Any], optimizer=None) -> None:
@@ -96,6 +90,7 @@ def state_of(trainer: Trainer, position: dict | None = None, seconds: float = 0.
         "config": OmegaConf.to_container(trainer.cfg, resolve=True, enum_to_str=True),
         "model_class": type(trainer.model).__name__,
         "optimizer_class": type(trainer.optimizer).__name__,
+        "history": [r for r in read_records(trainer.metrics_path)[0] if r.get("epoch", 0) <= trainer.epoch],
     }
 
 
@@ -110,4 +105,11 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["rng_cpu"].clone())
     if state["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.clone() for s in state["rng_cuda"]])
-    trim_jsonl(trainer.metrics_path, trainer.epoch)  # each epoch exactly once in metrics.jsonl
+
+
+def history(state: dict[str, Any], metrics_path: Path) -> list[dict]:
+    """The metrics records of the epochs a checkpoint has seen (what metrics.jsonl must hold on resume); a
+    checkpoint from before the history was stored: the readable lines of the file up to its epoch."""
+    if "history" in state:
+        return list(state["history"])
+    return [r for r in read_records(metrics_path)[0] if r.get("epoch", 0) <= state["epoch"]]

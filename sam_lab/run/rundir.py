@@ -1,31 +1,35 @@
 """One run directory holds one run, and nothing that fails damages it.
 
-Before anything is written, `prepare` decides what a start means for the directory:
+A start goes: `validate` the config (sam_lab.config) -> take the run directory's lock (`Claim`, .claim) ->
+`prepare` (read only: what the directory holds and what this start means for it) -> build everything and,
+on resume, load the checkpoint -> `commit` (the first write: the owner's name in .claim, .hydra/, the
+bookkeeping put back in line with the checkpoint) -> train. A start refused anywhere before `commit` leaves
+the directory byte for byte as it was. What `prepare` decides:
 
-  resume=auto (default)  continue from checkpoints/last.pt if there is one, else start a new run;
-  resume=true            continue; refuse if there is no checkpoint;
-  resume=false           start a new run; refuse if the directory already holds one.
+  a checkpoint, resume=auto|true   continue from it (unless the config differs where it may not:
+                                   `MAY_CHANGE_ON_RESUME`); if the run finished and summary.json says so,
+                                   there is nothing to do; a missing or damaged summary.json or metrics.jsonl
+                                   is rebuilt from the checkpoint
+  a checkpoint, resume=false       refused: the directory holds a run
+  no checkpoint, resume=true       refused: nothing to resume
+  no checkpoint, a finished run    refused (a run with trainer.checkpoint=false: it cannot be continued)
+  no checkpoint otherwise          start over: what is there is a start that never reached its first
+                                   checkpoint (killed, disk full, diverged in epoch 1); nothing is lost
 
-A new run claims the directory by creating `.claim` exclusively (O_EXCL), so two processes given the same
-directory cannot both start in it: the second fails loudly. A claim whose process has ended (checked on the
-same host) is taken over, so a start that failed before its first checkpoint does not block the directory.
-A resume first checks that the checkpoint is readable and was written with the same configuration
-(`MAY_CHANGE_ON_RESUME` lists what may differ), so a typo while resuming ends with one message and leaves
-the run as it was. Hydra's own `.hydra/` writing is switched off (`hydra.output_subdir: null` in
-conf/train.yaml) because Hydra writes before any check; `prepare` writes the same three files once the checks
-have passed. `RunDirCallback` refuses an output directory that cannot be written before Hydra tries, and
-names every failed job of a sweep.
+Hydra's own writing of `.hydra/` is switched off (`hydra.output_subdir: null` in conf/train.yaml) because
+Hydra writes before any check; `commit` writes the same three files. `RunDirCallback` refuses an output
+directory that cannot be written, or that is `/`, the working directory or above it, before Hydra writes
+anything, and names every failed job of a sweep (default directory names: sam_lab/run/dirnames.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import socket
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +37,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sam_lab.config import ConfigError, validate
+from sam_lab.ranges import ConfigError
 from sam_lab.run import checkpoint
 from sam_lab.run.checkpoint import CheckpointMismatch
-from sam_lab.run.files import write_json_atomic
+from sam_lab.run.claim import Claim
+from sam_lab.run.files import open_run_logs, sync_jsonl, write_atomic
 
+log = logging.getLogger(__name__)
 CKPT = checkpoint.PATH
-CLAIM = ".claim"
-RUN_FILES = (CLAIM, str(CKPT), "metrics.jsonl", "summary.json")
+RUN_FILES = (str(CKPT), "metrics.jsonl", "summary.json")
 
 # Keys that do not change what is computed (or only how fast / where it is logged): a resume may change them.
 MAY_CHANGE_ON_RESUME = (
@@ -64,7 +69,7 @@ MAY_CHANGE_ON_RESUME = (
 
 
 class RunDirError(ConfigError):
-    """The run directory cannot be used as asked (already holds a run, claimed, nothing to resume)."""
+    """The run directory cannot be used as asked (already holds a run, nothing to resume)."""
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Plan:
     resume: bool
     finished: dict | None = None  # the summary of a run that has already finished: nothing to do
     state: dict | None = None  # the checkpoint to resume from, read once
+    notes: list[str] = field(default_factory=list)  # what `commit` repairs, logged as warnings
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -100,66 +106,30 @@ def config_differences(saved: dict, now: dict) -> list[str]:
     return diffs
 
 
-def _gone(claim: dict) -> bool:
-    """The claiming process is this one, or has ended (only knowable on the same host)."""
-    if claim.get("host") != socket.gethostname():
-        return False
+def read_summary(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(summary.json, None), (None, None) if there is none, or (None, why it cannot be read)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None, None
     try:
-        pid = int(claim["pid"])
-        if pid != os.getpid():
-            os.kill(pid, 0)  # signal 0: does the process exist?
-    except ProcessLookupError:
-        return True
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-    return pid == os.getpid()
-
-
-def _claim(run_dir: Path, exclusive: bool) -> None:
-    """Write `.claim`; `exclusive`: only if no live run claimed the directory first (O_EXCL, no race)."""
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = run_dir / CLAIM
-    if not exclusive:
-        write_json_atomic(path, info)
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
-            other = {}
-        if _gone(other):  # a start that failed or was killed before its first checkpoint
-            write_json_atomic(path, info)
-            return
-        raise RunDirError(
-            f"run dir {run_dir} is already used by another run (started {other.get('started', '?')} by "
-            f"pid {other.get('pid', '?')} on {other.get('host', '?')}) that has written no checkpoint yet; "
-            f"choose a new hydra.run.dir, or delete {run_dir} if that run is dead"
-        ) from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-
-
-def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
-    """What Hydra writes to `.hydra/` (config.yaml, hydra.yaml, overrides.yaml), written after the checks."""
-    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
-        return  # no Hydra (library use), or Hydra writes them itself
-    hc = HydraConfig.instance().cfg
-    out = run_dir / ".hydra"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (out / "hydra.yaml").write_text(OmegaConf.to_yaml(hc))
-    (out / "overrides.yaml").write_text(OmegaConf.to_yaml(hc.hydra.overrides.task))
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return (summary, None) if isinstance(summary, dict) else (None, "not a JSON object")
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Plan:
-    """Check everything that can be checked without loading data, then claim `run_dir` (see module doc)."""
-    validate(cfg)
+    """What this start means for `run_dir` (module doc), deciding from files only: nothing is written."""
     run_dir = Path(run_dir)
-    ckpt = run_dir / CKPT
-    mode = cfg.resume
-    if ckpt.exists() and mode in (True, "auto"):
+    ckpt, mode = run_dir / CKPT, cfg.resume
+    summary, damaged = read_summary(run_dir)
+    found = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if ckpt.exists():
+        if mode is False:
+            raise RunDirError(
+                f"run dir {run_dir} already holds a run ({', '.join(found)}); resume=auto or resume=true "
+                "continues it, or choose a new hydra.run.dir to start another"
+            )
         state = checkpoint.read(ckpt)
         diffs = config_differences(state["config"], run_config(cfg)) if state.get("config") else []
         if diffs:
@@ -168,31 +138,109 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Plan:
                 f"cannot resume {ckpt}: it was written with {', '.join(diffs[:3])}{more}; resume with the "
                 f"same settings, or choose a new hydra.run.dir for a new run"
             )
-        summary_path = run_dir / "summary.json"
-        if state["epoch"] >= cfg.epochs and state.get("position") is None and summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            if summary.get("status") == "finished":
-                return Plan(resume=True, finished=summary, state=state)
-        _claim(run_dir, exclusive=False)
-        write_hydra_files(cfg, run_dir)
-        return Plan(resume=True, state=state)
+        done = state["epoch"] >= cfg.epochs and state.get("position") is None
+        if done and summary is not None and summary.get("status") == "finished":
+            return Plan(resume=True, finished=summary, state=state)
+        notes = [f"summary.json cannot be read ({damaged}): computed again"] if done and damaged else []
+        return Plan(resume=True, state=state, notes=notes)
     if mode is True:
         raise RunDirError(
             f"resume=true but {ckpt} does not exist: nothing to resume in {run_dir} (resume=auto starts a "
             f"new run when there is no checkpoint)"
         )
-    found = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if found and (mode is False or found != [CLAIM]):  # only a claim: maybe a run still in its first epoch
-        how = (
-            "resume=auto or resume=true continues it, or choose a new hydra.run.dir to start another"
-            if ckpt.exists()
-            else f"it has no checkpoint to continue from: choose a new hydra.run.dir, or delete {run_dir}"
+    if (summary or {}).get("status") == "finished" or damaged:
+        what = f"its summary.json cannot be read ({damaged}) and it" if damaged else "it"
+        raise RunDirError(
+            f"run dir {run_dir} already holds a run ({', '.join(found)}); {what} has no checkpoint to "
+            f"continue from: choose a new hydra.run.dir, or delete {run_dir}"
         )
-        raise RunDirError(f"run dir {run_dir} already holds a run ({', '.join(found)}); {how}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _claim(run_dir, exclusive=True)
-    write_hydra_files(cfg, run_dir)
     return Plan(resume=False)
+
+
+def write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes to `.hydra/` (config.yaml, hydra.yaml, overrides.yaml), written after the checks."""
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
+        return  # no Hydra (library use), or Hydra writes them itself
+    hc = HydraConfig.instance().cfg
+    out = run_dir / ".hydra"
+    write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg), "start", 1)
+    write_atomic(out / "hydra.yaml", OmegaConf.to_yaml(hc))
+    write_atomic(out / "overrides.yaml", OmegaConf.to_yaml(hc.hydra.overrides.task))
+
+
+def _sync_metrics(run_dir: Path, plan: Plan) -> None:
+    """metrics.jsonl = the checkpoint's epochs: each epoch once, damaged or missing lines rebuilt."""
+    path = run_dir / "metrics.jsonl"
+    wrong = sync_jsonl(path, checkpoint.history(plan.state, path))
+    if wrong:
+        plan.notes.append(f"metrics.jsonl {wrong}: rebuilt from {CKPT} (epochs 1-{plan.state['epoch']})")
+
+
+def commit(cfg: DictConfig, run_dir: Path, plan: Plan, claim: Claim) -> None:
+    """The first write of a start, once every check has passed (module doc)."""
+    claim.commit()
+    open_run_logs()
+    write_hydra_files(cfg, run_dir)
+    for tmp in [*run_dir.glob("*.tmp"), *(run_dir / CKPT).parent.glob("*.tmp")]:
+        tmp.unlink(missing_ok=True)  # left by a kill in the middle of an atomic write
+    if plan.resume:
+        _sync_metrics(run_dir, plan)
+    else:  # start over: what a start that never reached its first checkpoint left
+        for name in ("metrics.jsonl", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    for note in plan.notes:
+        log.warning("%s", note)
+
+
+def repair_finished(run_dir: Path, plan: Plan) -> None:
+    """A finished run started again: only put metrics.jsonl back in line with the checkpoint if it is not."""
+    _sync_metrics(run_dir, plan)
+    if plan.notes:
+        open_run_logs()
+    for note in plan.notes:
+        log.warning("%s", note)
+
+
+def continue_hint(run_dir: Path) -> str:
+    """How the user continues this run after an interruption, for the one-line messages."""
+    if not HydraConfig.initialized():
+        return f"resume=auto continues the run in {run_dir}"
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return f"the same command with hydra.sweep.dir={os.path.abspath(hc.sweep.dir)} continues the sweep"
+    return f"the same command with hydra.run.dir={run_dir} continues the run"
+
+
+# ---- output directory checks ---------------------------------------------------------------------------
+
+
+def _own_dir(value: str, key: str) -> Path:
+    """A run or sweep needs a directory of its own: not empty, not /, not the working directory or above."""
+    example = f"{key}=outputs/my_run"
+    if not value.strip():
+        raise SystemExit(
+            _fail(f"{key} is empty: give the directory for the files of this run, e.g. {example}")
+        )
+    path, cwd = Path(value).expanduser().resolve(), Path.cwd().resolve()
+    what = (
+        "the file-system root" if path == Path(path.anchor)
+        else "the working directory" if path == cwd
+        else "a parent of the working directory" if path in cwd.parents
+        else "your home directory" if path == Path.home().resolve()
+        else None
+    )  # fmt: skip
+    if what:
+        raise SystemExit(
+            _fail(
+                f"{key}={value} is {what}: a run writes its files into its own directory; use e.g. {example}"
+            )
+        )
+    return path
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def _writable(path: Path, key: str) -> None:
@@ -202,18 +250,28 @@ def _writable(path: Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        print(f"error: cannot write to {key}={path}: {err.strerror or err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(_fail(f"cannot write to {key}={path}: {err.strerror or err}")) from None
 
 
 class RunDirCallback(Callback):
     """Hydra callback (`hydra.callbacks` in conf/train.yaml): output directory checks, failed sweep jobs."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        value = str(config.hydra.run.dir)
+        _own_dir(value, "hydra.run.dir")
+        _writable(Path(value), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        value = str(config.hydra.sweep.dir)
+        _own_dir(value, "hydra.sweep.dir")
+        _writable(Path(value), "hydra.sweep.dir")
+        # Resolve ${sweep_overrides:} here, in the launching process, also when hydra.sweep.dir does not use
+        # it: Hydra copies this config's resolver cache into every job, so a job's subdirectory name
+        # (${job_name:...}) sees the launching command line, not the job process's own argv.
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra["_sweep_overrides"] = "${sweep_overrides:}"
+            str(config.hydra["_sweep_overrides"])
+            del config.hydra["_sweep_overrides"]
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED and config.hydra.mode == RunMode.MULTIRUN:

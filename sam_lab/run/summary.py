@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from sam_lab.config import value_of
+from sam_lab.run.faults import Preempted
 from sam_lab.run.files import read_jsonl, write_json_atomic
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def _mean(xs: list[float]) -> float | None:
 
 def _write(trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
     summary.update(trainer.extra_summary)
-    write_json_atomic(trainer.run_dir / "summary.json", summary)
+    write_json_atomic(trainer.run_dir / "summary.json", summary, "summary")
     trainer.logger.summary(summary)
     return summary
 
@@ -65,9 +66,16 @@ def final_metrics(trainer: Trainer) -> dict[str, Any]:
 
 def finished(trainer: Trainer) -> dict[str, Any]:
     """The last epoch's metrics under their own names (as W&B's summary has them), the best-val checkpoint's
-    test metrics (the last epoch's where there is no validation split), sharpness, timing."""
+    test metrics (the last epoch's where there is no validation split), sharpness, timing. A preemption
+    signal stops the final metrics at the next forward pass; the resume computes them again."""
     t0 = time.perf_counter()
-    final = final_metrics(trainer)
+    try:
+        with trainer.preemption.interruptible(type(trainer.model)):
+            final = final_metrics(trainer)
+    except Preempted:
+        if not trainer.cfg.trainer.checkpoint:  # the resume then starts from the trained weights
+            trainer.save_checkpoint()
+        trainer.preemption.handoff("during the final evaluation")
     wall_time = trainer.elapsed + time.perf_counter() - t0  # the end-of-training evaluation and sharpness too
     history = read_jsonl(trainer.metrics_path)
     last = history[-1] if history else {}
@@ -76,7 +84,7 @@ def finished(trainer: Trainer) -> dict[str, Any]:
         summary.update({"best_val/epoch": trainer.epoch, "best_val/test_acc": last.get("test/acc"),
                         "best_val/test_loss": last.get("test/loss")})  # fmt: skip
     summary.update(final)
-    summary["perf/img_per_s"] = _mean([r["perf/img_per_s"] for r in history])
+    summary["perf/img_per_s"] = _mean([r["perf/img_per_s"] for r in history if "perf/img_per_s" in r])
     return _write(trainer, summary)
 
 
