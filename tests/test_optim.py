@@ -1,11 +1,13 @@
 """Pins the optimizer semantics of docs/optimizers.md with hand-checkable cases."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.optim import SAM, SGD
 
 
@@ -167,3 +169,96 @@ def test_sam_keeps_one_extra_buffer_and_exact_restore():
     opt.step(quad_closure(opt, A, b, w))
     assert torch.equal(w.detach(), before)  # lr 0: weights back at w bit for bit
     assert len(opt._w) == 1 and "momentum_buffer" not in opt.state[w]
+
+
+# ---- parameters without a gradient are left alone ------------------------------------------------------
+class WithUnused(nn.Module):
+    """small_net plus a layer the forward never calls (e.g. an unused head): its grad stays None."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.used = small_net(seed)
+        self.unused = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sam_rho0_equals_torch_sgd_and_leaves_an_unused_layer_alone(nesterov):
+    m1, m2 = WithUnused(), WithUnused()
+    m2.load_state_dict(m1.state_dict())
+    unused = copy.deepcopy(m1.unused.state_dict())
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    o1, o2 = SAM(m1.parameters(), rho=0.0, **kw), torch.optim.SGD(m2.parameters(), **kw)
+    for s in range(4):
+        x, y = batch(s)
+        o1.step(net_closure(o1, m1, x, y))
+        o2.step(net_closure(o2, m2, x, y))
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for k, v in m1.unused.state_dict().items():  # no weight decay, no momentum: bit-identical
+        assert torch.equal(v, unused[k])
+    assert all(len(o1.state[p]) == 0 for p in m1.unused.parameters())
+
+
+def test_statistics_count_only_parameters_with_a_gradient():
+    model = WithUnused()
+    opt = SAM(model.parameters(), lr=0.1, rho=0.5)
+    opt.capture = True
+    opt.step(net_closure(opt, model, *batch()))
+    used = sum(p.numel() for p in model.used.parameters())
+    assert used == 6 * 8 + 8 + 8 * 3 + 3 == 83  # the unused 6x4 + 4 layer is not counted
+    g, g_s = opt.captured["g"], opt.captured["g_s"]
+    assert sum(t.numel() for t in g) == sum(t.numel() for t in g_s) == 83
+    a, b = (torch.cat([t.flatten() for t in v]) for v in (g, g_s))
+    stats = grad_stats(**opt.captured)
+    count = int((b.abs() > a.abs()).sum())  # by hand, over the 83 elements
+    assert math.isclose(float(stats["opt/ratio_gt1_frac"]), count / 83, rel_tol=1e-6)
+    agree = int((torch.sign(a) == torch.sign(b)).sum())
+    assert math.isclose(float(stats["opt/sign_agree_frac"]), agree / 83, rel_tol=1e-6)
+
+
+# ---- ASAM: which parameters are scaled ------------------------------------------------------------------
+def _asam_point(adaptive_params, named):
+    """The point of the second pass of one ASAM step on a Linear layer (weight 3x2, bias 3)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(2, 3)
+    x, y = torch.randn(8, 2), torch.randint(0, 3, (8,))
+    params = layer.named_parameters() if named else layer.parameters()
+    opt = SAM(params, lr=0.1, rho=0.5, adaptive=True, eta=0.01, adaptive_params=adaptive_params)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        seen.append([p.detach().clone() for p in layer.parameters()])
+        loss = nn.functional.cross_entropy(layer(x), y)
+        loss.backward()
+        return loss
+
+    w = [p.detach().clone() for p in layer.parameters()]
+    loss = nn.functional.cross_entropy(nn.functional.linear(x, *[v.requires_grad_() for v in w]), y)
+    g = torch.autograd.grad(loss, w)
+    opt.step(closure)
+    return [v.detach() for v in w], g, seen[1]
+
+
+@pytest.mark.parametrize("adaptive_params", ["all", "weights"])
+def test_asam_scales_all_parameters_or_only_weights(adaptive_params):
+    (w, b), (gw, gb), (pw, pb) = _asam_point(adaptive_params, named=True)
+    tw = w.abs() + 0.01
+    tb = b.abs() + 0.01 if adaptive_params == "all" else torch.ones_like(b)  # ASAM's code: bias T = 1
+    norm = torch.cat([(tw * gw).flatten(), tb * gb]).norm()
+    torch.testing.assert_close(pw, w + 0.5 * tw * tw * gw / norm)
+    torch.testing.assert_close(pb, b + 0.5 * tb * tb * gb / norm)
+
+
+def test_asam_weights_needs_names_and_watch_supplies_them():
+    with pytest.raises(ValueError, match="named_parameters"):
+        _asam_point("weights", named=False)
+    layer = nn.Linear(2, 3)
+    opt = SAM(layer.parameters(), lr=0.1, rho=0.5, adaptive=True, adaptive_params="weights")
+    opt.watch(layer)  # the trainer's call: names come from the model
+    opt.step(net_closure(opt, layer, torch.randn(4, 2), torch.randint(0, 3, (4,))))
+    with pytest.raises(ValueError, match="adaptive_params"):
+        SAM(layer.parameters(), lr=0.1, rho=0.5, adaptive_params="biases")

@@ -23,6 +23,7 @@ class SGDHess(BaseSGD):
     """
 
     second_order = True  # p.grad carries its graph (closure(create_graph=True)) for the H v products
+    supports_loss_scaling = False  # H v and the GNB pass would need the scale threaded through them
 
     def __init__(
         self, params, lr: float, rho: float, hessian: str = "hutchinson", hessian_every: int = 1, **kw
