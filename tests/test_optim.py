@@ -1,6 +1,7 @@
 """Pins the optimizer semantics of docs/optimizers.md with hand-checkable cases."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 
 from sam_lab.metrics.grad_stats import grad_stats
-from sam_lab.optim import SAM, SGD
+from sam_lab.optim import SAM, SGD, frozen_bn
+from tests.conftest import TINY, cli
 
 
 def quad_problem(seed=0, n=5):
@@ -262,3 +264,73 @@ def test_asam_weights_needs_names_and_watch_supplies_them():
     opt.step(net_closure(opt, layer, torch.randn(4, 2), torch.randint(0, 3, (4,))))
     with pytest.raises(ValueError, match="adaptive_params"):
         SAM(layer.parameters(), lr=0.1, rho=0.5, adaptive_params="biases")
+
+
+# ---- known differences from the reference implementations (docs/optimizers.md): the sizes quoted there ---
+def _asam_weights(adaptive_params, eta, steps=3):
+    m = small_net(bn=True)
+    kw = dict(lr=0.1, rho=2.0, momentum=0.9, weight_decay=5e-4, adaptive=True, eta=eta)
+    opt = SAM(m.named_parameters(), adaptive_params=adaptive_params, **kw)
+    for s in range(steps):
+        opt.step(net_closure(opt, m, *batch(s)))
+    return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+def test_asam_scalings_differ_by_the_documented_amount():
+    w0 = torch.cat([p.detach().flatten() for p in small_net(bn=True).parameters()])
+    every, weights, eta0 = (
+        _asam_weights("all", 0.01),
+        _asam_weights("weights", 0.01),
+        _asam_weights("all", 0.0),
+    )
+    moved = (every - w0).norm()
+    assert 0.30 < (every - weights).norm() / moved < 0.45  # docs: 0.37 of the distance moved in 3 steps
+    assert (every - eta0).norm() / moved < 0.03  # docs: eta 0.01 vs 0: 0.015
+
+
+def test_bn_freeze_equals_the_momentum0_bypass_but_for_num_batches_tracked():
+    """davda54/sam sets BN momentum to 0 on the second pass; we switch track_running_stats off."""
+    x, y = batch(3)
+    ours, theirs = small_net(bn=True), small_net(bn=True)
+    for m in (ours, theirs):
+        m(x)  # one clean pass: running statistics that are not the initial ones
+    with frozen_bn([ours[1]]):
+        nn.functional.cross_entropy(ours(x), y).backward()
+    theirs[1].momentum = 0.0
+    nn.functional.cross_entropy(theirs(x), y).backward()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    assert torch.equal(ours[1].running_mean, theirs[1].running_mean)
+    assert torch.equal(ours[1].running_var, theirs[1].running_var)
+    assert (int(ours[1].num_batches_tracked), int(theirs[1].num_batches_tracked)) == (1, 2)
+
+
+def test_restoring_by_subtraction_is_not_exact():
+    """Ours copies w back; w + e - e (empirical-SAM's and ASAM's code) misses w in the last bit."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(100_000, generator=gen) * 0.1
+    g = torch.randn(100_000, generator=gen)
+    e = 0.05 * g / g.norm()
+    back = (w + e) - e
+    assert 0 < (back != w).double().mean() < 0.05 and (back - w).abs().max() < 1e-7
+
+
+def test_hutchinson_abs_estimate_is_biased_on_a_2x2_example():
+    """SGDHESS follows the empirical-SAM code: D = |H z|. E over all four Rademacher z of |H z| is (2, 2) for
+    H = [[1, 2], [2, -1]], not diag(H) = (1, -1); E[z * H z] (no abs) is diag(H) exactly."""
+    h = torch.tensor([[1.0, 2.0], [2.0, -1.0]])
+    zs = [torch.tensor([a, b]) for a in (-1.0, 1.0) for b in (-1.0, 1.0)]
+    assert torch.stack([(h @ z).abs() for z in zs]).mean(0).tolist() == [2.0, 2.0]
+    assert torch.stack([z * (h @ z) for z in zs]).mean(0).tolist() == [1.0, -1.0]
+
+
+def test_adaptive_params_through_the_cli(tmp_path):
+    """`optimizer.adaptive_params` reaches ASAM: one step with each value, different g_s (opt/update_norm)."""
+    seen = {}
+    for value in ("all", "weights"):
+        run = tmp_path / value
+        args = [*TINY, "optimizer=asam", f"optimizer.adaptive_params={value}", "rho=2.0", "data.subset=32"]
+        res = cli([*args, "batch_size=32", "metrics.grad_stats_every=1", f"hydra.run.dir={run}"], tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        seen[value] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["opt/update_norm"]
+    assert seen["all"] != seen["weights"]
