@@ -2,6 +2,7 @@
 perturbed pass of the default bf16 mode, the hooks of bf16_hooks, and fp16 with one loss scaler per step."""
 
 import copy
+import importlib.util
 import json
 import math
 
@@ -14,7 +15,7 @@ from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.optim import FSAM, SAM, SGD, MixedPrecision, SGDHess
 from sam_lab.optim.closure import batch_closure
 from sam_lab.optim.precision import DTYPES, hooked, low_precision_params
-from tests.conftest import TINY, cli
+from tests.conftest import ROOT, TINY, cli
 
 MODES = list(DTYPES)
 
@@ -314,3 +315,27 @@ def test_precision_through_the_cli(tmp_path):
     assert seen["bf16_naive"]["opt/perturb_cos"] < 0.9 and seen["bf16_naive"]["opt/perturb_norm_ratio"] > 1.1
     res = cli([*TINY, "optimizer=sgdhess", "trainer.precision=fp16", f"hydra.run.dir={tmp_path}/h"], tmp_path)
     assert res.returncode == 1 and "trainer.precision=fp16 is not supported" in res.stderr
+
+
+def _precision_check(capsys, *args):
+    """scripts/precision_check.py in this process; its table as {mode: [cells]}."""
+    spec = importlib.util.spec_from_file_location("precision_check", ROOT / "scripts" / "precision_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--width", "4", "--batch", "8", "--steps", "1", "--repeats", "1", "--batches", "1", *args])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    return {r[1].strip(): [c.strip() for c in r[2:-1]] for r in rows[1:]}
+
+
+def test_precision_check_prints_one_row_per_mode(capsys):
+    table = _precision_check(capsys, "--data", "synthetic")
+    assert list(table) == MODES
+    assert table["fp32"][:3] == ["1.0000", "1.0000", "1.0000"] and table["bf16"][0] == "1.0000"
+    assert float(table["bf16_naive"][0]) < 1.0  # perturb_cos: part of e rounded away
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_precision_check_runs_on_cuda(capsys):
+    table = _precision_check(capsys, "--device", "cuda")
+    assert table["bf16"][0] == "1.0000" and float(table["bf16_naive"][0]) < 1.0
