@@ -125,13 +125,14 @@ class BaseSGD(torch.optim.Optimizer):
         self._unscale(params)
         g = [p.grad.detach() for p in params]
         if self.amp.scaler is not None:
-            self._snapshot(params, params)  # fp16: w, to undo an overflowing step
+            self._snapshot(params)  # fp16: w, to undo an overflowing step
         with self._skip_on_overflow(params):
             d = self.descent_grad(params, g)
             if self.capture:
                 self.captured = {"g": g, "d": d}
                 if self.probe_rho is not None:
                     self.captured.update(g_s=self._probe(closure, params, g), **self.captured_e)
+                    self.captured_e = {}
             self.descend(params, d)
         return loss
 
@@ -140,7 +141,8 @@ class BaseSGD(torch.optim.Optimizer):
         """The parameters a perturbation moves in place; under bf16_hooks the cast ones are hooked instead."""
         return [p for p in params if p not in self._cast] if self.amp.hooks else params
 
-    def _snapshot(self, params: list[Tensor], keep: list[Tensor]) -> None:
+    def _snapshot(self, keep: list[Tensor]) -> None:
+        """Copy w of `keep` into the persistent buffers that `_restore` reads."""
         w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in keep]
         if keep:
             torch._foreach_copy_(w, keep)
@@ -165,7 +167,7 @@ class BaseSGD(torch.optim.Optimizer):
 
     def _probe(self, closure: Closure, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
         """SAM's gradient g_s at w + probe_rho * g / ||g|| for statistics only: BN frozen, w restored."""
-        self._snapshot(params, self._in_place(params))
+        self._snapshot(self._in_place(params))
         e = torch._foreach_mul(g, self.probe_rho / (global_norm(g) + 1e-12))
         self.perturbed = True
         try:

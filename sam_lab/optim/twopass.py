@@ -175,7 +175,7 @@ class TwoPass(BaseSGD):
             if params is None:  # a parameter without a gradient now is left alone for the whole step
                 params = [p for p in self._params() if p.grad is not None]
                 # w of what moves in place (fp16: of everything, to undo an overflowing step)
-                self._snapshot(params, params if self.amp.scaler else self._in_place(params))
+                self._snapshot(params if self.amp.scaler else self._in_place(params))
             g = self._take_grads(params)
             self.g_is_scratch = not keep_g
             try:
@@ -195,6 +195,6 @@ class TwoPass(BaseSGD):
         with self._skip_on_overflow(params):
             d = self.descent_grad(params, g, g_s)
             if self.capture:
-                self.captured = {"g": g, "g_s": g_s, "d": d, **self.captured_e}
+                self.captured, self.captured_e = {"g": g, "g_s": g_s, "d": d, **self.captured_e}, {}
             self.descend(params, d)
         return losses[0] if m == 1 else torch.stack([torch.as_tensor(x) for x in losses]).mean()
