@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from sam_lab import config_groups
@@ -47,10 +48,13 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Precision(str, Enum):
+class Precision(str, Enum):  # docs/precision.md, sam_lab/optim/precision.py
     auto = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
-    bf16 = "bf16"
-    fp32 = "fp32"
+    bf16 = "bf16"  # bf16 autocast; passes at w + e (SAM's second pass) in fp32, so e is kept
+    bf16_hooks = "bf16_hooks"  # bf16 everywhere; Conv/Linear see w and e separately (forward hooks)
+    bf16_naive = "bf16_naive"  # bf16 autocast of w + e: most of the perturbation is rounded away
+    fp16 = "fp16"  # fp16 autocast as bf16, one loss scaler across the passes of a step
+    fp32 = "fp32"  # no autocast (on CUDA also no TF32)
 
 
 class OnNonfinite(str, Enum):
@@ -214,12 +218,26 @@ def validate(cfg: DictConfig) -> None:
     _finite(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), "")
     if OmegaConf.select(cfg, "metrics.sharpness.trace") == 1:
         raise ConfigError("metrics.sharpness.trace=1 is out of range: 0 (off) or >= 2 probes (an error bar)")
+    check_fp16(cfg)
     resume = cfg.get("resume")
     if not (isinstance(resume, bool) or resume == "auto"):
         raise ConfigError(f"resume={resume} is not allowed: must be true, false or auto")
     config_groups.check_ranges(cfg)
     check_keys(cfg)
     config_groups.check_keys(cfg)
+
+
+def check_fp16(cfg: DictConfig) -> None:
+    """fp16 needs an optimizer that can thread a loss scale through its passes (class flag)."""
+    target = OmegaConf.select(cfg, "optimizer._target_")
+    if value_of(OmegaConf.select(cfg, "trainer.precision")) != "fp16" or not target:
+        return
+    try:
+        ok = getattr(get_method(target), "supports_loss_scaling", True)
+    except Exception:  # noqa: BLE001 - a target that cannot be imported: instantiate reports it
+        return
+    if not ok:
+        raise ConfigError(f"trainer.precision=fp16 is not supported by {target}: use bf16 or fp32")
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -26,6 +26,7 @@ from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.metrics.protocol import sharpness_of
 from sam_lab.metrics.running import Sums
 from sam_lab.optim.closure import batch_closure
+from sam_lab.optim.precision import MixedPrecision
 from sam_lab.run import checkpoint, faults, summary
 from sam_lab.run.faults import NonfiniteGuard, Preemption
 from sam_lab.run.files import append_jsonl
@@ -56,12 +57,13 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger, self.extra_summary = logger or NoLogger(), extra_summary or {}
         self.precision, self.progress = precision(cfg, device), progress(cfg)
+        self.amp = MixedPrecision(self.precision, device.type)  # autocast; bf16/fp16 keep SAM's perturbation
         self.channels_last = cfg.trainer.channels_last
         self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else None)
         compile_ = cfg.trainer.compile and not optimizer.second_order  # no double backward through compile
         self.forward = torch.compile(self.model) if compile_ else self.model
         self.optimizer, self.scheduler, self.data = optimizer, scheduler, data
-        optimizer.watch_bn(self.model)
+        optimizer.watch(self.model, self.amp)
         kw = dict(
             mean=data.mean, std=data.std, device=device, channels_last=self.channels_last, seed=cfg.seed
         )
@@ -78,14 +80,11 @@ class Trainer:
         self.last_sharpness: tuple[int, dict] = (-1, {})  # (epoch, metrics) of the last computation
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return self.amp.autocast()
 
     def train_step(self, x: Tensor, y: Tensor, step: int, sums: Sums, global_step: int = 0) -> Tensor:
-        opt, every, probe = (
-            self.optimizer,
-            self.cfg.metrics.grad_stats_every,
-            self.cfg.metrics.probe_sam_every,
-        )
+        opt, metrics = self.optimizer, self.cfg.metrics
+        every, probe = metrics.grad_stats_every, metrics.probe_sam_every
         # SAM probe (single-pass optimizers): g_s at w + rho g/||g|| for the statistics, trajectory unchanged
         opt.probe_rho = self.cfg.rho if probe and step % probe == 0 and not opt.two_pass else None
         opt.capture = (bool(every) and step % every == 0) or opt.probe_rho is not None

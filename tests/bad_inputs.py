@@ -236,10 +236,10 @@ ROWS: list[Row] = [
     ),
     Row(
         "`trainer.precision` not one of its options",
-        ("trainer.precision=fp16",),
-        "Error merging override trainer.precision=fp16\nInvalid value 'fp16', expected one of [auto, bf16, "
-        "fp32]\n    full_key: trainer.precision\n    reference_type=TrainerConfig\n"
-        "    object_type=TrainerConfig" + HYDRA_TAIL,
+        ("trainer.precision=fp8",),
+        "Error merging override trainer.precision=fp8\nInvalid value 'fp8', expected one of [auto, bf16, "
+        "bf16_hooks, bf16_naive, fp16, fp32]\n    full_key: trainer.precision\n"
+        "    reference_type=TrainerConfig\n    object_type=TrainerConfig" + HYDRA_TAIL,
     ),
     Row(
         "`trainer.on_nonfinite` not one of its options",
@@ -373,7 +373,7 @@ ROWS: list[Row] = [
         "error: cannot resume {run}/checkpoints/last.pt: it was written with "
         "optimizer._target_=sam_lab.optim.SAM (this run: sam_lab.optim.SGD), optimizer.adaptive=False "
         "(this run: <unset>), "
-        "optimizer.ascent_fraction=1.0 (this run: <unset>), and 5 more; resume with the same settings, or "
+        "optimizer.adaptive_params=all (this run: <unset>), and 6 more; resume with the same settings, or "
         "choose a new hydra.run.dir for a new run",
         kind="resume",
     ),

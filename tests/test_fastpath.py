@@ -81,9 +81,21 @@ def _trainer(tmp_path, *overrides):
     return build(compose_cfg([*TINY, "batch_size=16", *overrides]), tmp_path)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "sam", "asam"])
-def test_train_step_makes_no_host_sync(tmp_path, no_tolist, optimizer):
-    trainer = _trainer(tmp_path, f"optimizer={optimizer}", "metrics.grad_stats_every=1")
+@pytest.mark.parametrize(
+    "optimizer,precision",
+    [
+        ("sgd", "fp32"),
+        ("sam", "fp32"),
+        ("asam", "fp32"),
+        ("sam", "bf16"),
+        ("sam", "bf16_hooks"),
+        ("sam", "fp16"),
+    ],
+)
+def test_train_step_makes_no_host_sync(tmp_path, no_tolist, optimizer, precision):
+    trainer = _trainer(
+        tmp_path, f"optimizer={optimizer}", "metrics.grad_stats_every=1", f"trainer.precision={precision}"
+    )
     sums = Sums(trainer.device)
     batches = trainer.train_batches.epoch(1)
     trainer.train_step(*next(batches), 0, sums)  # first step creates the optimizer state

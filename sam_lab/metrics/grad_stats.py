@@ -34,8 +34,28 @@ def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return ((plus - minus) / 4).float()
 
 
-def grad_stats(g: list[Tensor] | None, d: list[Tensor], g_s: list[Tensor] | None = None) -> dict[str, Tensor]:
-    """Statistics of the clean gradient g, the perturbed (SAM) gradient g_s and the descent gradient d.
+def _fidelity(e: list[Tensor], applied: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """cosine(applied, e) and ||applied|| / ||e||, in float64 so that applied == e gives exactly 1.0 (and
+    so does e == applied == 0)."""
+    ne = torch.stack(torch._foreach_norm(e)).double().square().sum()
+    na = torch.stack(torch._foreach_norm(applied)).double().square().sum()
+    plus = torch.stack(torch._foreach_norm(torch._foreach_add(applied, e))).double().square().sum()
+    minus = torch.stack(torch._foreach_norm(torch._foreach_sub(applied, e))).double().square().sum()
+    cos = (plus - minus) / 4 / (ne.sqrt() * na.sqrt())
+    ratio = na.sqrt() / ne.sqrt()
+    none = (ne == 0) & (na == 0)  # rho = 0: nothing intended, nothing applied
+    return torch.where(none, 1.0, cos).float(), torch.where(none, 1.0, ratio).float()
+
+
+def grad_stats(
+    g: list[Tensor] | None,
+    d: list[Tensor],
+    g_s: list[Tensor] | None = None,
+    e: list[Tensor] | None = None,
+    e_applied: list[Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Statistics of the clean gradient g, the perturbed (SAM) gradient g_s and the descent gradient d, and
+    of the perturbation e against what the (low-precision) forward pass really applied, e_applied.
 
     opt/ratio_gt1_frac   fraction of weight elements with |g_s| / |g| > 1, i.e. |g_s| > |g| (in [0, 1])
     opt/norm_ratio       ||g_s|| / ||g||
@@ -43,8 +63,12 @@ def grad_stats(g: list[Tensor] | None, d: list[Tensor], g_s: list[Tensor] | None
     opt/sign_agree_frac  fraction of elements with sign(g_s) == sign(g)
     opt/grad_norm        ||g||
     opt/update_norm      ||d||, the gradient handed to SGD (before momentum and weight decay)
+    opt/perturb_cos         cosine(e_applied, e): 1.0 in fp32 and with the bf16/fp16 perturbation kept
+    opt/perturb_norm_ratio  ||e_applied|| / ||e||
     """
     out = {"opt/update_norm": _norm(d)}
+    if e is not None and e_applied is not None:
+        out["opt/perturb_cos"], out["opt/perturb_norm_ratio"] = _fidelity(e, e_applied)
     if g is None:
         return out
     g_norm = _norm(g)

@@ -1,22 +1,23 @@
-"""Shared mechanics of every sam_lab optimizer.
+"""`BaseSGD`: what every sam_lab optimizer shares.
 
-`BaseSGD` is torch SGD (momentum, dampening 0, coupled weight decay, optional Nesterov) driven through the
-closure protocol (`sam_lab.optim.closure`: `loss = opt.step(closure)`). Subclasses change only the descent
-gradient `d` handed to SGD.
+torch SGD (momentum, dampening 0, coupled weight decay, optional Nesterov) driven through the closure protocol
+(`sam_lab.optim.closure`: `loss = opt.step(closure)`); subclasses change only the descent gradient `d` handed
+to SGD. `TwoPass` (sam_lab/optim/twopass.py) builds the SAM family on it.
 
-`TwoPass` adds the SAM mechanics: first pass at `w` gives `g`; the `perturbation` hook gives `e`; second pass
-at `w + e` gives `g_s`; the weights are restored to `w` bit for bit; the `descent_grad` hook turns
-(g, g_s) into `d`; SGD steps at `w`. A variant overrides one or two hooks and nothing else.
+Parameters whose gradient is None after the clean pass are left alone for that step: no perturbation, no
+weight decay, no momentum, and no place in the statistics (as torch SGD does).
 
 Behaviour is declared by class flags, which the trainer reads (never the class name):
   `second_order` - the closure is called as `closure(create_graph=True)`;
   `needs_clean_grad` - `descent_grad` reads `g`, so it is kept alive during the second pass;
-  `two_pass` - the optimizer evaluates the loss twice per step.
+  `two_pass` - the optimizer evaluates the loss twice per step;
+  `supports_loss_scaling` - the optimizer can run under fp16 with a loss scaler.
 
-Research knobs of the SAM family: `m` (m-sharpness) and `ascent_fraction` call `closure(part=(a, b))`;
-`ascent_steps` takes several normalised ascent steps projected onto the rho-ball. BatchNorm running
-statistics are frozen during the second pass when the optimizer knows the model (`opt.watch_bn(model)`, done
-by the trainer); `bn_second_pass="update"` lets them update.
+`opt.watch(model, precision)` (done by the trainer) tells the optimizer its BatchNorm layers (frozen on
+perturbed passes), parameter names (ASAM `adaptive_params="weights"`) and the run's precision
+(`sam_lab.optim.precision`): under bf16/fp16 the passes at w + e run in fp32 so that autocast cannot round e
+away, and fp16 scales the loss with one GradScaler across the passes of a step, skipping a step whose
+gradients overflowed as a whole.
 SAM probe for single-pass optimizers: when the trainer sets `opt.probe_rho` on a capture step, the step
 also evaluates the gradient g_s at w + probe_rho * g / ||g|| (BN frozen, weights restored bit for bit) and
 adds it to `captured`; the descent is unchanged.
@@ -32,27 +33,11 @@ from torch import Tensor, nn
 from torch.optim.sgd import sgd as sgd_update
 
 from sam_lab.optim.closure import Closure
+from sam_lab.optim.ops import frozen_bn, global_norm
+from sam_lab.optim.precision import MixedPrecision, hooked, low_precision_params
 from sam_lab.ranges import Range, check_values, ranges_of
 
-
-def global_norm(tensors: list[Tensor]) -> Tensor:
-    """L2 norm over all elements of all tensors (a 0-dim tensor, no host sync)."""
-    if not tensors:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
-
-
-@contextlib.contextmanager
-def frozen_bn(modules: list[nn.Module]) -> Iterator[None]:
-    """BatchNorm uses batch statistics but leaves running_mean/var and num_batches_tracked untouched."""
-    saved = [m.track_running_stats for m in modules]
-    for m in modules:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, saved):
-            m.track_running_stats = s
+__all__ = ["BaseSGD", "Closure", "frozen_bn", "global_norm"]
 
 
 class BaseSGD(torch.optim.Optimizer):
@@ -72,6 +57,7 @@ class BaseSGD(torch.optim.Optimizer):
         "weight_decay": Range(0.0),
         "nesterov": Range(flag=True),
     }
+    supports_loss_scaling = True
 
     def __init__(
         self,
@@ -84,16 +70,33 @@ class BaseSGD(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **extra)
         check_values(defaults, ranges_of(type(self)))
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # `params` may be model.named_parameters(): names kept
         self.capture = False  # set by the trainer on steps whose gradient statistics it wants
         self.captured: dict[str, list[Tensor]] | None = None
         self._bn: list[nn.Module] = []
         self.perturbed = False  # True while a closure is evaluated at perturbed weights
         self.probe_rho: float | None = None  # set by the trainer on SAM-probe steps (single-pass only)
+        self.amp = MixedPrecision()
+        self._cast: dict[Tensor, tuple[nn.Module, str]] = {}  # parameters autocast casts -> their layer
+        self._names = {p: n for g in self.param_groups for p, n in zip(g["params"], g.get("param_names", ()))}
+        self._w: dict[Tensor, Tensor] = {}  # the one extra parameter-sized buffer: w, for an exact restore
+        self._overflow: Tensor | None = None  # fp16: True once a pass of this step had inf/nan gradients
+        self.captured_e: dict[str, list[Tensor]] = {}  # e and what the forward applied, on capture steps
 
-    def watch_bn(self, model: nn.Module) -> None:
-        """Tell the optimizer which BatchNorm layers to freeze on extra forward passes."""
+    def watch(self, model: nn.Module, precision: MixedPrecision | None = None) -> None:
+        """Tell the optimizer its model (BatchNorm layers, parameter names, the layers autocast casts) and,
+        optionally, the run's precision. The trainer calls it; standalone code may."""
         self._bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._names.update({p: n for n, p in model.named_parameters()})
+        self._cast = low_precision_params(model)
+        if precision is not None:
+            if precision.scaler is not None and not self.supports_loss_scaling:
+                raise ValueError(
+                    f"{type(self).__name__} does not support fp16 loss scaling: use bf16 or fp32"
+                )
+            self.amp = precision
+
+    watch_bn = watch  # the earlier name, for standalone code
 
     def hparam(self, key: str):
         return self.param_groups[0][key]
@@ -104,8 +107,16 @@ class BaseSGD(torch.optim.Optimizer):
     def _call(self, closure: Closure, **kwargs) -> Tensor:
         if self.second_order:
             kwargs["create_graph"] = True
+        if self.amp.scaler is not None:
+            kwargs["loss_scale"] = self.amp.loss_scale(self._params()[0].device)
         with torch.enable_grad():
             return closure(**kwargs)
+
+    def _unscale(self, params: list[Tensor]) -> None:
+        """fp16: unscale this pass's gradients and remember an overflow (zeroed, so e and d stay finite)."""
+        if self.amp.scaler is not None:
+            bad = self.amp.unscale(params)
+            self._overflow = bad if self._overflow is None else self._overflow | bad
 
     def descent_grad(self, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
         """Hook: the gradient SGD descends along. Default: the clean gradient."""
@@ -117,30 +128,87 @@ class BaseSGD(torch.optim.Optimizer):
             raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.closure)")
         loss = self._call(closure)
         params = [p for p in self._params() if p.grad is not None]
+        self._unscale(params)
         g = [p.grad.detach() for p in params]
-        d = self.descent_grad(params, g)
-        if self.capture:
-            self.captured = {"g": g, "d": d}
-            if self.probe_rho is not None:
-                self.captured["g_s"] = self._probe(closure, params, g)
-        self.descend(params, d)
+        if self.amp.scaler is not None:
+            self._snapshot(params)  # fp16: w, to undo an overflowing step
+        with self._skip_on_overflow(params):
+            d = self.descent_grad(params, g)
+            if self.capture:
+                self.captured = {"g": g, "d": d}
+                if self.probe_rho is not None:
+                    self.captured.update(g_s=self._probe(closure, params, g), **self.captured_e)
+                    self.captured_e = {}
+            self.descend(params, d)
         return loss
+
+    # ---- moving the weights to w + e and back --------------------------------------------------------
+    def _in_place(self, params: list[Tensor]) -> list[Tensor]:
+        """The parameters a perturbation moves in place; under bf16_hooks the cast ones are hooked instead."""
+        return [p for p in params if p not in self._cast] if self.amp.hooks else params
+
+    def _snapshot(self, keep: list[Tensor]) -> None:
+        """Copy w of `keep` into the persistent buffers that `_restore` reads."""
+        w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in keep]
+        if keep:
+            torch._foreach_copy_(w, keep)
+
+    def _restore(self, params: list[Tensor]) -> None:
+        moved = self._in_place(params)
+        if moved:
+            torch._foreach_copy_(moved, [self._w[p] for p in moved])  # exact: the copy of w, not w + e - e
+
+    def _perturb(self, params: list[Tensor], e: list[Tensor]) -> contextlib.AbstractContextManager:
+        """Move the in-place parameters to w + e now; the context hooks the rest for the pass under it."""
+        if self.capture:  # perturbation fidelity: what the low-precision forward really applies
+            self.captured_e = {"e": e, "e_applied": self.amp.applied(params, e, self._cast)}
+        if not self.amp.hooks:
+            torch._foreach_add_(params, e)
+            return self.amp.full_precision() if self.amp.fp32_perturbed else contextlib.nullcontext()
+        plain = [(p, x) for p, x in zip(params, e) if p not in self._cast]
+        if plain:
+            torch._foreach_add_(*map(list, zip(*plain)))
+        cast = [(p, x) for p, x in zip(params, e) if p in self._cast]
+        return hooked(self._cast, *map(list, zip(*cast))) if cast else contextlib.nullcontext()
 
     def _probe(self, closure: Closure, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
         """SAM's gradient g_s at w + probe_rho * g / ||g|| for statistics only: BN frozen, w restored."""
-        w = [p.clone() for p in params]
-        torch._foreach_add_(params, torch._foreach_mul(g, self.probe_rho / (global_norm(g) + 1e-12)))
+        self._snapshot(self._in_place(params))
+        e = torch._foreach_mul(g, self.probe_rho / (global_norm(g) + 1e-12))
         self.perturbed = True
         try:
-            with frozen_bn(self._bn):
+            with self._perturb(params, e), frozen_bn(self._bn):
                 self._call(closure)
         finally:
             self.perturbed = False
+        self._unscale(params)
         g_s = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
-        torch._foreach_copy_(params, w)
+        self._restore(params)
         for p, gp in zip(params, g):
             p.grad = gp
         return g_s
+
+    # ---- the descent -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _skip_on_overflow(self, params: list[Tensor]) -> Iterator[None]:
+        """fp16: if any pass of the step overflowed, undo the descent (w and optimizer state as before, state
+        the step created removed) and let the scaler back off; otherwise the scaler counts a good step."""
+        if self.amp.scaler is None:
+            yield
+            return
+        state = [(p, k, v) for p in params for k, v in self.state.get(p, {}).items() if isinstance(v, Tensor)]
+        saved = {(id(p), k): v.clone() for p, k, v in state}
+        yield
+        bad, self._overflow = self._overflow, None
+        for p in params:
+            p.copy_(torch.where(bad, self._w[p], p))
+        for p, k, _ in state:
+            self.state[p][k].copy_(torch.where(bad, saved[id(p), k], self.state[p][k]))
+        new = [(p, k) for p in params for k in self.state.get(p, {}) if (id(p), k) not in saved]
+        if new and bool(bad):  # only on the steps that create state (the first): one host read
+            for p, k in new:
+                del self.state[p][k]
+        self.amp.update()
 
     def descend(self, params: list[Tensor], d: list[Tensor]) -> None:
         """Torch's own SGD update (foreach kernels), momentum buffers kept in `self.state`."""
@@ -167,174 +235,15 @@ class BaseSGD(torch.optim.Optimizer):
                 for p, b in zip(ps, bufs):
                     self.state[p]["momentum_buffer"] = b
 
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        if self.amp.scaler is not None:
+            out["grad_scaler"] = self.amp.scaler.state_dict()
+        return out
 
-class TwoPass(BaseSGD):
-    """Base of the SAM family: descend at `w` along `descent_grad(g, g_s)`, `g_s` taken at `w + e`.
-
-    Default hooks give SAM: e = rho * g / ||g||, d = g_s.
-    """
-
-    two_pass = True
-    ranges = {
-        "rho": Range(0.0),
-        "m": Range(1, integer=True),
-        "ascent_fraction": Range(0.0, 1.0, lo_open=True),
-        "ascent_steps": Range(1, integer=True),
-        "bn_second_pass": Range(choices=("freeze", "update")),
-        "adaptive": Range(flag=True),
-        "eta": Range(0.0, lo_open=True),
-    }
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        rho: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        m: int = 1,
-        ascent_fraction: float = 1.0,
-        ascent_steps: int = 1,
-        bn_second_pass: str = "freeze",
-        adaptive: bool = False,
-        eta: float = 0.01,
-        **extra,
-    ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            rho=rho,
-            m=m,
-            ascent_fraction=ascent_fraction,
-            ascent_steps=ascent_steps,
-            bn_second_pass=bn_second_pass,
-            adaptive=adaptive,
-            eta=eta,
-            **extra,
-        )
-        self._w: dict[Tensor, Tensor] = {}  # the one extra parameter-sized buffer: w, for an exact restore
-        self.g_is_scratch = False  # True while no one reads g after the ascent (perturbation may reuse it)
-
-    # ---- hooks -------------------------------------------------------------------------------------
-    def perturbation(self, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
-        """Hook: e from the clean gradient. SAM: rho * g / ||g|| (adaptive: rho * T^2 g / ||T g||).
-
-        When nothing reads g after the ascent (`self.g_is_scratch`), e is written over g: SAM then holds one
-        parameter-sized buffer (the copy of w) beyond what SGD holds, at every moment of the step."""
-        return self.rho_step(params, g, inplace=self.g_is_scratch)
-
-    def rho_step(self, params: list[Tensor], v: list[Tensor], inplace: bool = False) -> list[Tensor]:
-        """rho * v / ||v||, or with `adaptive` (ASAM) rho * T^2 v / ||T v||, T = |w| + eta element-wise.
-
-        `inplace=True` overwrites v with the result (no new parameter-sized buffer for SAM)."""
-        rho = self.hparam("rho")
-        if not self.hparam("adaptive"):
-            scale = rho / (global_norm(v) + 1e-12)
-            if inplace:
-                torch._foreach_mul_(v, scale)
-                return v
-            return torch._foreach_mul(v, scale)
-        t = torch._foreach_add(torch._foreach_abs(params), self.hparam("eta"))
-        if inplace:
-            torch._foreach_mul_(v, t)
-            tv = v
-        else:
-            tv = torch._foreach_mul(t, v)
-        scale = rho / (global_norm(tv) + 1e-12)
-        torch._foreach_mul_(tv, t)
-        torch._foreach_mul_(tv, scale)
-        return tv
-
-    def descent_grad(self, params: list[Tensor], g: list[Tensor] | None, g_s: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
-        """Hook: the gradient SGD descends along at `w`. SAM: g_s."""
-        return g_s
-
-    # ---- mechanics ---------------------------------------------------------------------------------
-    def _call_part(self, closure: Closure, part: tuple[float, float] | None, perturbed: bool) -> Tensor:
-        """One loss evaluation; `self.perturbed` tells a closure whether the weights are at w + e."""
-        kwargs = {} if part is None else {"part": part}
-        freeze = perturbed and self._bn and self.hparam("bn_second_pass") == "freeze"
-        self.perturbed = perturbed
-        try:
-            with frozen_bn(self._bn) if freeze else contextlib.nullcontext():
-                return self._call(closure, **kwargs)
-        finally:
-            self.perturbed = False
-
-    def _take_grads(self, params: list[Tensor]) -> list[Tensor]:
-        """Detach the gradients from the params, so that the next closure cannot clear them."""
-        g = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
-        for p in params:
-            p.grad = None
-        return g
-
-    def _project(self, e: list[Tensor]) -> list[Tensor]:
-        """Back onto the rho-ball (global L2)."""
-        scale = torch.clamp(self.hparam("rho") / (global_norm(e) + 1e-12), max=1.0)
-        return torch._foreach_mul(e, scale)
-
-    def _ascend(self, closure: Closure, params: list[Tensor], w: list[Tensor], g: list[Tensor], part) -> None:
-        """Move the weights from w to w + e. With ascent_steps > 1, each step adds the perturbation of the
-        gradient at the current point (norm rho) and projects the sum back onto the rho-ball."""
-        e = self.perturbation(params, g)
-        for _ in range(self.hparam("ascent_steps") - 1):
-            torch._foreach_add_(params, e)
-            self._call_part(closure, part, perturbed=True)
-            g_k = self._take_grads(params)
-            torch._foreach_copy_(params, w)
-            e = self._project(torch._foreach_add(e, self.perturbation(params, g_k)))
-        torch._foreach_add_(params, e)
-
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        if closure is None:
-            raise RuntimeError(f"{type(self).__name__}.step needs a closure (see sam_lab.optim.closure)")
-        params = self._params()
-        w = [self._w[p] if p in self._w else self._w.setdefault(p, torch.empty_like(p)) for p in params]
-        m, frac = self.hparam("m"), self.hparam("ascent_fraction")
-        keep_g = self.needs_clean_grad or self.capture
-        losses, g_sum, gs_sum = [], None, None
-        # m-sharpness: each of m chunks of the batch gets its own perturbation; descent grads are averaged.
-        # ascent_fraction: the clean (ascent) gradient sees only that fraction of its chunk.
-        for i in range(m):
-            part = None if m == 1 else (i / m, (i + 1) / m)
-            lo, hi = part or (0.0, 1.0)
-            ascent_part = part if frac == 1.0 else (lo, lo + (hi - lo) * frac)
-            losses.append(self._call_part(closure, ascent_part, perturbed=False))
-            g = self._take_grads(params)
-            torch._foreach_copy_(w, params)
-            self.g_is_scratch = not keep_g
-            try:
-                self._ascend(closure, params, w, g, ascent_part)
-            finally:
-                self.g_is_scratch = False
-            g = g if keep_g else None  # SAM keeps one extra buffer (w) during the second pass, not two
-            self._call_part(closure, part, perturbed=True)
-            g_s = self._take_grads(params)
-            torch._foreach_copy_(params, w)  # exact restore
-            g_sum = _accumulate(g_sum, g)
-            gs_sum = _accumulate(gs_sum, g_s)
-        g = None if g_sum is None else _div(g_sum, m)
-        g_s = _div(gs_sum, m)
-        d = self.descent_grad(params, g, g_s)
-        if self.capture:
-            self.captured = {"g": g, "g_s": g_s, "d": d}
-        self.descend(params, d)
-        return losses[0] if m == 1 else torch.stack([torch.as_tensor(x) for x in losses]).mean()
-
-
-def _accumulate(total: list[Tensor] | None, new: list[Tensor] | None) -> list[Tensor] | None:
-    if new is None:
-        return total
-    if total is None:
-        return new
-    torch._foreach_add_(total, new)
-    return total
-
-
-def _div(total: list[Tensor], n: int) -> list[Tensor]:
-    return total if n == 1 else torch._foreach_div(total, float(n))
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        scaler = state_dict.pop("grad_scaler", None)
+        super().load_state_dict(state_dict)
+        if scaler is not None and self.amp.scaler is not None:
+            self.amp.scaler.load_state_dict(scaler)

@@ -9,6 +9,8 @@ pass, each declared by the optimizer that uses it:
                         `ascent_fraction`)
   sample_labels=True    the loss at labels drawn from the model's own softmax, no gradient through the draw;
                         back-propagates the batch MEAN and returns the per-example losses (SGDHESS `gnb`)
+  loss_scale=s          back-propagate loss * s (a device tensor) and return the unscaled loss: fp16 loss
+                        scaling (`trainer.precision=fp16`, sam_lab/optim/precision.py)
 
 `batch_closure` builds such a closure for a model and one batch; the trainer and the benchmark use it, and
 so can any training loop of your own.
@@ -55,7 +57,10 @@ def batch_closure(
     w + e, which optimizers mark with `optimizer.perturbed`): the trainer records loss and accuracy there."""
 
     def closure(
-        create_graph: bool = False, part: tuple[float, float] | None = None, sample_labels: bool = False
+        create_graph: bool = False,
+        part: tuple[float, float] | None = None,
+        sample_labels: bool = False,
+        loss_scale: Tensor | None = None,
     ) -> Tensor:
         xs, ys = batch_part(x, y, part)
         optimizer.zero_grad(set_to_none=True)
@@ -66,7 +71,7 @@ def batch_closure(
             losses.mean().backward()
             return losses
         loss = loss_fn(logits.float(), ys)
-        loss.backward(create_graph=create_graph)
+        (loss if loss_scale is None else loss * loss_scale).backward(create_graph=create_graph)
         if on_clean is not None and not getattr(optimizer, "perturbed", False):
             on_clean(loss, logits, ys)
         return loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sam_lab.optim.base import TwoPass
+from sam_lab.optim.twopass import TwoPass
 from sam_lab.ranges import Range
 
 

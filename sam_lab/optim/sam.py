@@ -1,6 +1,6 @@
 """Sharpness-Aware Minimization (Foret et al., 2021) and, with `adaptive=True`, ASAM (Kwon et al., 2021)."""
 
-from sam_lab.optim.base import TwoPass
+from sam_lab.optim.twopass import TwoPass
 
 
 class SAM(TwoPass):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sam_lab.optim.base import TwoPass, global_norm
+from sam_lab.optim.ops import global_norm
+from sam_lab.optim.twopass import TwoPass
 from sam_lab.ranges import Range
 
 GRANULARITIES = ("element", "tensor", "global")

@@ -25,6 +25,7 @@ class SGDHess(BaseSGD):
 
     second_order = True  # p.grad carries its graph (closure(create_graph=True)) for the H v products
     ranges = {"rho": Range(0.0), "hessian": Range(choices=HESSIANS), "hessian_every": Range(1, integer=True)}
+    supports_loss_scaling = False  # H v and the GNB pass would need the scale threaded through them
 
     def __init__(
         self, params, lr: float, rho: float, hessian: str = "hutchinson", hessian_every: int = 1, **kw
