@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from sam_lab.config import Precision
 from sam_lab.perf import BenchConfig, format_table, run_bench
 from sam_lab.perf.measure import our_overrides
 from sam_lab.perf.runners import CONF, config_names
@@ -77,7 +78,7 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     )
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="ours only")
+    p.add_argument("--precision", default="auto", choices=[m.value for m in Precision], help="ours only")
     p.add_argument("--compile", action="store_true", help="trainer.compile=true (ours; not for 2nd order)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="ours only")
     p.add_argument("--steps", type=at_least(1), default=10, help="timed steps per round")
