@@ -79,7 +79,7 @@ def _unknown(key: str, value: str, expect: str, *pre: str, what: str) -> Row:
 
 SAM_KEYS = ", ".join(
     ["lr", "rho", "momentum", "weight_decay", "nesterov", "m", "ascent_fraction", "ascent_steps"]
-    + ["bn_second_pass", "adaptive", "eta"]
+    + ["bn_second_pass", "adaptive", "eta", "adaptive_params"]
 )
 
 
@@ -141,7 +141,10 @@ ROWS: list[Row] = [
         what="not one of its options",
     ),
     _bad_value(
-        "optimizer.eta", "0", "error: optimizer.eta=0 is out of range: must be > 0.0", "optimizer=asam"
+        "optimizer.eta",
+        "-0.01",
+        "error: optimizer.eta=-0.01 is out of range: must be >= 0.0",
+        "optimizer=asam",
     ),
     _bad_value(
         "optimizer.lmbda",

@@ -443,7 +443,8 @@ EFFECTS: dict[str, Effect] = {
         ["trainer.precision=bf16"],
         differs(
             precision_seen,
-            expected=("bf16", "bf16", {"torch.bfloat16"}),
+            # SAM: the clean pass in bf16, the pass at w + e in fp32 (it keeps the perturbation; precision.md)
+            expected=("bf16", "bf16", {"torch.bfloat16", "torch.float32"}),
             base=("fp32", "fp32", {"torch.float32"}),
         ),
     ),

@@ -36,7 +36,7 @@ class TwoPass(BaseSGD):
         "ascent_steps": Range(1, integer=True),
         "bn_second_pass": Range(choices=("freeze", "update")),
         "adaptive": Range(flag=True),
-        "eta": Range(0.0, lo_open=True),
+        "eta": Range(0.0),  # 0: the reference PyTorch SAM's ASAM (T = |w|)
         "adaptive_params": Range(choices=("all", "weights")),
     }
 
