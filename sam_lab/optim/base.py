@@ -90,6 +90,7 @@ class BaseSGD(torch.optim.Optimizer):
         self._bn: list[nn.Module] = []
         self.perturbed = False  # True while a closure is evaluated at perturbed weights
         self.probe_rho: float | None = None  # set by the trainer on SAM-probe steps (single-pass only)
+        self.clip_norm: float | None = None  # set by the trainer (trainer.grad_clip): max ||d|| per step
 
     def watch_bn(self, model: nn.Module) -> None:
         """Tell the optimizer which BatchNorm layers to freeze on extra forward passes."""
@@ -144,6 +145,8 @@ class BaseSGD(torch.optim.Optimizer):
 
     def descend(self, params: list[Tensor], d: list[Tensor]) -> None:
         """Torch's own SGD update (foreach kernels), momentum buffers kept in `self.state`."""
+        if self.clip_norm is not None:  # clip_grad_norm_'s rule; a copy: captured g, g_s stay unclipped
+            d = torch._foreach_mul(d, torch.clamp(self.clip_norm / (global_norm(d) + 1e-6), max=1.0))
         by_id = {id(p): p for p in params}
         d_of = dict(zip(map(id, params), d))
         for group in self.param_groups:
