@@ -55,11 +55,11 @@ def run_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict[st
     # `${hydra:runtime.cwd}` in the run's config means the run's working directory, not this one's
     HydraConfig.instance().cfg = hydra_cfg  # type: ignore[assignment]
     choices = dict(OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default={}) or {})
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise EvaluateError(_first_line(err)) from None
+    except (OmegaConfBaseException, HydraException) as err:
+        raise EvaluateError(f"{run_dir}: {_first_line(err)}") from None
     for o in parsed:
         key, line = o.key_or_group, o.input_line
         if o.is_sweep_override() or o.is_delete():
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--weights", default=",".join(WEIGHTS), help="comma-separated subset of: last,best_val,ema"
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before and after --weights
     weights = tuple(w for w in args.weights.split(",") if w)
     if not weights or set(weights) - set(WEIGHTS):
         p.error(f"--weights={args.weights}: choose from {','.join(WEIGHTS)}")

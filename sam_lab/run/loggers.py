@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from sam_lab.run.files import jsonable
+from sam_lab.run.wandb_files import history_steps
 
 log = logging.getLogger(__name__)
 
@@ -87,52 +88,6 @@ def run_identity(config: dict, choices: dict | None, run_dir: Path) -> dict[str,
         "tags": [str(picked[k]) for k in ("data", "model", "optimizer", "experiment") if k in picked],
         "quiet": group is not None,
     }
-
-
-BLOCK, HEADER = (
-    32768,
-    7,
-)  # the LevelDB log format of W&B's `.wandb` files; the file starts with ":W&B" + 3 bytes
-
-
-def wandb_records(path: Path) -> list[Any]:
-    """The records (`wandb.proto.wandb_internal_pb2.Record`) of a W&B transaction log (`run-<id>.wandb`),
-    up to a torn or unreadable tail. wandb ships no reader for its own files; the format is LevelDB's log:
-    32 KiB blocks of chunks, each with a 7-byte header (crc32c, little-endian length, type 1 full / 2 first /
-    3 middle / 4 last), a block tail shorter than a header is padding."""
-    from google.protobuf.message import DecodeError
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, buf, out = Path(path).read_bytes(), HEADER, b"", []
-    if not data.startswith(b":W&B"):
-        return out
-    while pos + HEADER <= len(data):
-        if BLOCK - pos % BLOCK < HEADER:
-            pos += BLOCK - pos % BLOCK
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        chunk, pos = data[pos + HEADER : pos + HEADER + length], pos + HEADER + length
-        if len(chunk) < length or kind not in (1, 2, 3, 4):
-            break
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            try:
-                record.ParseFromString(buf)
-            except DecodeError:
-                break
-            out.append(record)
-    return out
-
-
-def wandb_steps(run_dir: Path, run_id: str) -> set[int]:
-    """The history steps that the local W&B files of run `run_id` under `run_dir` hold (every segment)."""
-    steps: set[int] = set()
-    for path in Path(run_dir).glob(f"wandb/*-{run_id}/run-{run_id}.wandb"):
-        steps.update(
-            r.history.step.num for r in wandb_records(path) if r.WhichOneof("record_type") == "history"
-        )
-    return steps
 
 
 def _has_wandb_key() -> bool:
@@ -275,7 +230,7 @@ class WandbLogger(NoLogger):
             if self.run.settings.mode == "online":
                 have = set(range(self.run.starting_step))
             else:
-                have = wandb_steps(self.run_dir, self.run.id)
+                have = history_steps(self.run_dir, self.run.id)
             missing = [r for r in history if r["epoch"] not in have]
             for record in missing:
                 self.run.log({k: jsonable(v) for k, v in record.items()}, step=record["epoch"])
