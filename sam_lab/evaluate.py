@@ -28,8 +28,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sam_lab.config import TARGET_GROUPS, ConfigError, TrainConfig, register, validate
+from sam_lab.config import ConfigError, TrainConfig, register, validate
+from sam_lab.config_groups import TARGET_GROUPS
 from sam_lab.run import checkpoint
+from sam_lab.run.claim import Claim
 from sam_lab.run.files import write_json_atomic
 from sam_lab.train import CONF_DIR, build, user_facing
 
@@ -104,6 +106,14 @@ def evaluate_run(run_dir: Path, overrides: list[str], weights: tuple[str, ...] =
     run_dir = Path(run_dir).resolve()
     ckpt = check_run_dir(run_dir)
     cfg, choices = run_config(run_dir, overrides)
+    with Claim(run_dir) as claim:  # not while a training process runs in the directory
+        claim.commit()
+        return _evaluate(run_dir, ckpt, cfg, choices, overrides, weights)
+
+
+def _evaluate(
+    run_dir: Path, ckpt: Path, cfg: DictConfig, choices: dict, overrides: list[str], weights: tuple[str, ...]
+) -> dict[str, Any]:
     state = checkpoint.read(ckpt, advice=f"evaluate needs the {checkpoint.PATH} that sam_lab wrote")
     trainer = build(cfg, run_dir, choices)
     checkpoint.load_weights(ckpt, trainer.model, state)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluate_run(args.run_dir, args.overrides, weights)
     except Exception as err:
-        known = user_facing(err)
+        known = user_facing(err, args.run_dir)
         if known is None:
             raise  # a bug: full traceback
         print(f"error: {known[0]}", file=sys.stderr)

@@ -4,6 +4,7 @@ final line, Hydra tab completion, composing the config from Python, and the CPU 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 
 from sam_lab.optim.closure import batch_closure
 from sam_lab.run import wandb_files
+from sam_lab.run.claim import Claim
 from sam_lab.run.files import read_jsonl
 from sam_lab.run.sweep import cpus_per_job
 from sam_lab.train import build
@@ -143,20 +145,24 @@ def test_evaluate_adds_results_to_summary_and_wandb_without_touching_the_run(tra
     ]
 
 
-@pytest.mark.parametrize("case", ["missing dir", "no checkpoint", "unknown key"])
+@pytest.mark.parametrize("case", ["missing dir", "no checkpoint", "unknown key", "in use"])
 def test_evaluate_refuses_with_one_line(case, trained, tmp_path):
     run = tmp_path / "run"
     args = [str(run)]
     if case == "no checkpoint":
         shutil.copytree(trained[0] / ".hydra", run / ".hydra")
-    if case == "unknown key":
+    if case in ("unknown key", "in use"):
         shutil.copytree(trained[0], run)
-        args.append("metrics.sharpness.topk=3")
-    line = one_line_error(evaluate_cli(args, cwd=tmp_path))
+        args.append("metrics.sharpness.topk=3" if case == "unknown key" else "logger=none")
+    with Claim(run) if case == "in use" else contextlib.nullcontext() as claim:  # a training process
+        if claim is not None:
+            claim.commit()
+        line = one_line_error(evaluate_cli(args, cwd=tmp_path))
     expected = {
         "missing dir": "does not exist",
         "no checkpoint": "has no checkpoint (checkpoints/last.pt)",
         "unknown key": "metrics.sharpness.topk=3: the run's config has no key metrics.sharpness.topk",
+        "in use": f"is in use by a live run (pid {os.getpid()}",
     }[case]
     assert expected in line, line
 
@@ -260,8 +266,8 @@ def test_ema_decay_0_is_the_raw_model_and_1_keeps_the_initial_weights(tmp_path):
     sweep = tmp_path / "sweep"
     res = cli(["-m", *TINY, "trainer.ema_decay=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    (zero,) = sweep.glob("*ema_decay=0,*")
-    (one,) = sweep.glob("*ema_decay=1,*")
+    jobs = {OmegaConf.load(d / ".hydra/config.yaml").trainer.ema_decay: d for d in sweep.glob("[0-9]_*")}
+    zero, one = jobs[0], jobs[1]
     record = read_jsonl(zero / "metrics.jsonl")[-1]
     for key in ("val/acc", "val/loss", "test/acc", "test/loss"):
         assert record[f"ema/{key}"] == record[key], key
@@ -315,7 +321,7 @@ def test_sweep_jobs_in_wandb_one_group_short_names_choices_and_one_line_each(tmp
     assert set(runs) == {"sam", "asam"}
     for opt, r in runs.items():
         assert re.fullmatch(rf"{opt}-resnet18-rho0\.05-s0-[0-9a-f]{{6}}", r.display_name), r.display_name
-        assert r.run_group == f"{sweep.parent.name}_{sweep.name}"
+        assert r.run_group == f"{sweep.parent.name}_{sweep.name}"  # a sweep dir outside outputs/sweeps/
         assert {"synthetic", "resnet18", opt} <= set(r.tags)
         config = {item.key: json.loads(item.value_json) for item in r.config.update}
         assert config["choices"]["optimizer"] == opt and config["choices"]["data"] == "synthetic"

@@ -78,8 +78,10 @@ def run_identity(config: dict, choices: dict | None, run_dir: Path) -> dict[str,
     digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:6]  # unique per run dir
     group = None
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep = Path(HydraConfig.get().sweep.dir)
-        group = f"{sweep.parent.name}_{sweep.name}"
+        sweep = Path(
+            HydraConfig.get().sweep.dir
+        )  # outputs/sweeps/<name> or outputs/sweeps/<experiment>/<time>
+        group = sweep.name if sweep.parent.name == "sweeps" else f"{sweep.parent.name}_{sweep.name}"
     return {
         "config": {**config, "choices": picked},
         "name": "-".join(str(p) for p in parts if p is not None) + f"-{digest}",
