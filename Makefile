@@ -16,16 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# 5 epochs reach ~0.97 test accuracy; sharpness on 64 images keeps the end-of-run Hessian cost to seconds
 demo: setup
 	WANDB_MODE=offline $(PY) -m sam_lab.train data=digits model.width=8 optimizer=sam rho=0.05 \
-		epochs=8 batch_size=64 lr=0.05 device=cpu metrics.sharpness.num_samples=512
+		epochs=5 batch_size=64 lr=0.05 device=cpu metrics.sharpness.num_samples=64
 
 test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check sam_lab tests scripts
-	$(PY) -m ruff format --check sam_lab tests scripts
+	$(PY) -m ruff check sam_lab tests scripts hydra_plugins
+	$(PY) -m ruff format --check sam_lab tests scripts hydra_plugins
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -79,6 +79,10 @@ class TrainerConfig:
     checkpoint: bool = True  # write checkpoints/last.pt every epoch
     on_nonfinite: OnNonfinite = OnNonfinite.stop  # what a NaN/inf training loss does (docs/reliability.md)
     threads: int | None = at_least(1, None)  # CPU threads; None = the launcher's cpus_per_task, else torch's
+    # max global L2 norm of the descent gradient d, clipped before momentum and weight decay; null = off
+    grad_clip: float | None = field(default=None, metadata={"range": Range(0.0, lo_open=True, null=True)})
+    # exponential moving average of weights and BN buffers, evaluated as ema/*; null = off (sam_lab/ema.py)
+    ema_decay: float | None = field(default=None, metadata={"range": Range(0.0, 1.0, null=True)})
 
 
 class SharpnessWeights(str, Enum):
@@ -154,6 +158,9 @@ class TrainConfig:
     # Any because OmegaConf has no Union
     resume: Any = "auto"
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU; README: Determinism)
+    # a checkpoint whose model weights start this NEW run (optimizer state fresh; e.g. SAM fine-tuning of an
+    # SGD-trained model); a resume ignores it: the run's own checkpoint has the weights
+    init_from: str | None = None
     data: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -176,6 +183,8 @@ def progress(cfg: DictConfig) -> bool:
 
 
 def register() -> None:
+    from sam_lab.run.sweep import register_resolvers  # here: sweep.py's callback is imported by Hydra alone
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     # Resolvers of the run and sweep directory names (conf/train.yaml, sam_lab/run/dirnames.py). `${pid:}`:
     # two runs started in the same microsecond still differ. The cached ones are computed once, in the
@@ -185,6 +194,7 @@ def register() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=name in ("pid", "sweep_overrides"))
+    register_resolvers()  # the launcher configs' ${sam_lab.cpus_per_job:N} and ${sam_lab.gpus:}
 
 
 def _ranges(cls: type, prefix: str = "") -> dict[str, Range]:

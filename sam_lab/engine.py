@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from sam_lab.config import precision, progress, value_of
 from sam_lab.data import Batches, DataBundle
+from sam_lab.ema import ema_of
 from sam_lab.metrics.density import plot_density
 from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.metrics.protocol import sharpness_of
@@ -64,6 +65,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if compile_ else self.model
         self.optimizer, self.scheduler, self.data = optimizer, scheduler, data
         optimizer.watch(self.model, self.amp)
+        optimizer.clip_norm, self.ema = cfg.trainer.grad_clip, ema_of(self.model, cfg.trainer.ema_decay)
         kw = dict(
             mean=data.mean, std=data.std, device=device, channels_last=self.channels_last, seed=cfg.seed
         )
@@ -100,6 +102,8 @@ class Trainer:
                 sums.add(k, v)
             opt.captured, opt.capture = None, False
         self.guard.after_step(loss, global_step, self.model, opt, sums)
+        if self.ema is not None:  # after the guard: a skipped step's weights never enter the average
+            self.ema.update(self.model)
         self.scheduler.step()
         return loss
 
@@ -132,7 +136,7 @@ class Trainer:
         return means
 
     @torch.no_grad()
-    def evaluate(self, which: str, model: nn.Module | None = None) -> dict[str, float]:
+    def evaluate(self, which: str, model: nn.Module | None = None, prefix: str = "") -> dict[str, float]:
         model = model or self.forward
         was_training, sums = model.training, Sums(self.device)
         model.eval()
@@ -141,9 +145,9 @@ class Trainer:
         for i, (x, y) in enumerate(pbar):
             with self.autocast():
                 logits = model(x)
-            sums.add(f"{which}/loss", F.cross_entropy(logits.float(), y, reduction="sum"), len(y))
-            sums.add(f"{which}/acc", (logits.argmax(1) == y).sum(), len(y))
-            show_running(pbar, sums, i, which, every=1)
+            sums.add(f"{prefix}{which}/loss", F.cross_entropy(logits.float(), y, reduction="sum"), len(y))
+            sums.add(f"{prefix}{which}/acc", (logits.argmax(1) == y).sum(), len(y))
+            show_running(pbar, sums, i, f"{prefix}{which}", every=1)
         model.train(was_training)
         return sums.means()
 
@@ -158,8 +162,9 @@ class Trainer:
             record = {"epoch": epoch, **self.train_epoch(epoch)}
             for which in self.eval_batches:
                 record.update(self.evaluate(which))
+                record.update(self.evaluate(which, self.ema.module, "ema/") if self.ema else {})
                 faults.inject("eval", epoch)
-            self._track_best(record, epoch)
+            summary.track_best(self, record, epoch)
             if self.cfg.metrics.sharpness.enabled and every and epoch % every == 0:
                 record.update(self.sharpness(self.model, f"epoch{epoch}", epoch))
             self.elapsed += time.perf_counter() - t0
@@ -175,11 +180,6 @@ class Trainer:
         if self.epoch < self.cfg.epochs:
             return {"status": "unfinished", "epoch": self.epoch}
         return summary.finished(self)
-
-    def _track_best(self, record: dict, epoch: int) -> None:  # weights at the best val/acc so far
-        if "val/acc" in record and record["val/acc"] > self.best["val/acc"]:
-            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.best = {"val/acc": record["val/acc"], "epoch": epoch, "state": state}
 
     def sharpness(self, model: nn.Module, tag: str, step: int) -> dict[str, Any]:
         """`sharpness/*` of `model`; a density PNG goes under <run dir>/sharpness/ and to the logger."""

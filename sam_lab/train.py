@@ -27,11 +27,11 @@ from sam_lab.config import ConfigError, precision, register, validate, value_of
 from sam_lab.config_groups import check_built
 from sam_lab.data import DataError
 from sam_lab.engine import Trainer
-from sam_lab.run import checkpoint, rundir, summary
-from sam_lab.run.checkpoint import CheckpointMismatch
+from sam_lab.run import checkpoint, loggers, rundir, summary
+from sam_lab.run.checkpoint import CheckpointMismatch, CheckpointUnreadable
 from sam_lab.run.claim import Claim
 from sam_lab.run.faults import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged
-from sam_lab.run.files import EXIT_OUTPUT, OutputError
+from sam_lab.run.files import EXIT_OUTPUT, OutputError, read_jsonl
 from sam_lab.run.launch import limit_threads, local_job_cuda_index, silence_launcher_schema_warning
 
 log = logging.getLogger("sam_lab.train")
@@ -106,6 +106,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> Traine
     )
     extra = {"config": choices or {}, "git_commit": git_commit(), "device": str(device)}
     extra.update({"precision": precision(cfg, device), "seed": cfg.seed, "rho": cfg.rho})
+    extra["init_from"] = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
     return Trainer(model, optimizer, scheduler, data, device, run_dir, cfg, instantiate(cfg.logger), extra)
 
 
@@ -114,6 +115,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str
     Holds the run directory's lock throughout; writes nothing there until every check has passed."""
     run_dir = Path(run_dir)
     validate(cfg)
+    # init_from: read (tensors only) before anything is written; a resume takes its own checkpoint's weights
+    init = read_init(cfg.init_from) if cfg.init_from and not (run_dir / checkpoint.PATH).exists() else None
     with Claim(run_dir) as claim:
         plan = rundir.prepare(cfg, run_dir)
         if plan.finished is not None:
@@ -123,19 +126,27 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict[str
         trainer = build(cfg, run_dir, choices)
         if plan.resume:
             checkpoint.restore(trainer, plan.state)
+        elif init is not None:
+            checkpoint.init_from(trainer, Path(cfg.init_from), init)
         rundir.commit(cfg, run_dir, plan, claim)
-        return _train(trainer, cfg, run_dir, plan)
+        return _train(trainer, cfg, run_dir, plan, choices)
 
 
-def _train(trainer: Trainer, cfg: DictConfig, run_dir: Path, plan: rundir.Plan) -> dict[str, Any]:
+def _train(
+    trainer: Trainer, cfg: DictConfig, run_dir: Path, plan: rundir.Plan, choices: dict | None = None
+) -> dict[str, Any]:
     run_id = None
     if plan.resume:
         run_id = plan.state["logger_run_id"]
         where = f", step {trainer.position['step']} of epoch {trainer.epoch + 1}" if trainer.position else ""
         log.info("resumed from %s after epoch %d%s", trainer.ckpt_path, trainer.epoch, where)
+    elif cfg.init_from:
+        log.info("model weights from init_from=%s; optimizer state fresh", cfg.init_from)
     trainer.preemption.hint = rundir.continue_hint(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    trainer.logger.start(config=config, run_dir=run_dir, name=run_dir.name, run_id=run_id)
+    trainer.logger.start(run_dir=run_dir, run_id=run_id, **loggers.run_identity(config, choices, run_dir))
+    if plan.resume:  # epochs W&B lost when the previous process was killed
+        trainer.logger.backfill(read_jsonl(trainer.metrics_path))
     try:
         with trainer.preemption:  # SIGTERM/SIGUSR1: checkpoint at the next step, then exit for a requeue
             result = trainer.fit()
@@ -145,6 +156,15 @@ def _train(trainer: Trainer, cfg: DictConfig, run_dir: Path, plan: rundir.Plan) 
     finally:
         trainer.logger.finish()
     return result
+
+
+def read_init(path: str) -> dict[str, Any]:
+    """The checkpoint `init_from` names, read before anything is written (tensors only, never code)."""
+    if not Path(path).is_file():
+        raise CheckpointUnreadable(f"init_from={path}: no such file (give a run's checkpoints/last.pt)")
+    return checkpoint.read(
+        Path(path), advice=f"init_from={path} must be a checkpoints/last.pt that sam_lab wrote"
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -166,7 +186,10 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(known[1])
     acc, best = result.get("test/acc"), result.get("best_val/test_acc")
     shown = [f"{x:.4f}" if isinstance(x, int | float) else "n/a" for x in (acc, best)]
-    print(f"final test accuracy: {shown[0]} (best-val checkpoint: {shown[1]})  run dir: {run_dir}")
+    lam = result.get("sharpness/lambda_max")
+    sharp = f"  sharpness/lambda_max: {lam:.4g}" if isinstance(lam, int | float) else ""
+    if hc.mode != RunMode.MULTIRUN:  # a sweep prints one line per job instead (sam_lab/run/sweep.py)
+        print(f"final test accuracy: {shown[0]} (best-val checkpoint: {shown[1]}){sharp}  run dir: {run_dir}")
     return acc
 
 

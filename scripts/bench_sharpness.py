@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ from sam_lab.data import load_digits, load_synthetic
 from sam_lab.metrics.hessian import HessianOperator, hessian_eigs
 from sam_lab.metrics.sharpness import fixed_subset
 from sam_lab.models import num_params, resnet18
+from sam_lab.run import checkpoint
 
 
 @torch.no_grad()
@@ -65,7 +67,8 @@ def main() -> None:
     batches = fixed_subset(data, args.samples, args.batch_size, "cpu", seed=args.seed)
     model = resnet18(num_classes=10, width=args.width)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+        state = checkpoint.read(Path(args.checkpoint), advice="give a checkpoints/last.pt that sam_lab wrote")
+        model.load_state_dict(state["model"])  # read with weights_only: tensors only, never code
     if args.calibrate_bn:
         calibrate_bn(model, batches)
     n = len(batches.labels)

@@ -267,13 +267,15 @@ ROWS: list[Row] = [
         "misspelled key forced in with `+`",
         ("+rhoo=0.1",),
         "error: unknown key rhoo: not in the schema (allowed: batch_size, data, deterministic, device, "
-        "epochs, logger, lr, metrics, model, optimizer, resume, rho, scheduler, seed, trainer, weight_decay)",
+        "epochs, init_from, logger, lr, metrics, model, optimizer, resume, rho, scheduler, seed, trainer, "
+        "weight_decay)",
     ),
     Row(
         "misspelled `trainer` key forced in with `+`",
         ("+trainer.precison=bf16",),
         "error: unknown key trainer.precison: not in the schema (allowed: channels_last, checkpoint, "
-        "compile, eval_batch_size, label_smoothing, on_nonfinite, precision, progress, threads)",
+        "compile, ema_decay, eval_batch_size, grad_clip, label_smoothing, on_nonfinite, precision, progress, "
+        "threads)",
     ),
     Row(
         "misspelled key inside a group",

@@ -212,6 +212,16 @@ class Runs:
             r.result = r.trainer.fit()
         return r
 
+    def init(self, overrides: list[str], r: Run) -> Run:
+        """`sam_lab.train.run` (where init_from is applied), `CKPT` standing for the base `fit` run's
+        checkpoint; the result is the final weights' checksum, compared in `starts_from_the_checkpoint`."""
+        ckpt = self.get("fit").run_dir / "checkpoints" / "last.pt"
+        cfg = compose_cfg(merged(BASE, [o.replace("CKPT", str(ckpt)) for o in overrides]))
+        r.result = run(cfg, r.run_dir)
+        state = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+        r.result["weights"] = hashlib.sha1(b"".join(t.numpy().tobytes() for t in state.values())).hexdigest()
+        return r
+
     def sharpness(self, overrides: list[str], r: Run) -> Run:
         self.build(merged(SHARP, overrides), r)
         r.result = r.trainer.sharpness(r.trainer.model, "final", 1)
@@ -322,6 +332,12 @@ def changes(observe: Callable[[Run], float], by: float | None = None) -> Check:
     return check
 
 
+def starts_from_the_checkpoint(r: Run, b: Run) -> None:
+    """init_from: recorded in the summary, and the same training from those weights ends elsewhere."""
+    assert r.result["init_from"] and b.result["init_from"] is None
+    assert Path(r.result["init_from"]).name == "last.pt" and r.result["weights"] != b.result["weights"]
+
+
 def weights(r: Run) -> str:
     state = r.trainer.model.state_dict()
     return hashlib.sha1(b"".join(t.cpu().numpy().tobytes() for t in state.values())).hexdigest()
@@ -401,6 +417,11 @@ class Effect:
 
 
 EFFECTS: dict[str, Effect] = {
+    "init_from": Effect("init", ["init_from=CKPT"], starts_from_the_checkpoint),
+    "trainer.grad_clip": Effect("fit", ["trainer.grad_clip=0.01"], differs(weights)),
+    "trainer.ema_decay": Effect(
+        "fit", ["trainer.ema_decay=0.9"], differs(lambda r: "ema/val/acc" in r.history()[-1], expected=True)
+    ),
     "seed": Effect("fit", ["seed=1"], differs(weights)),
     "rho": Effect("fit", ["rho=0.5"], differs(weights)),
     "epochs": Effect("fit", ["epochs=2"], differs(lambda r: len(r.history()), expected=2, base=1)),

@@ -82,6 +82,7 @@ class BaseSGD(torch.optim.Optimizer):
         self._w: dict[Tensor, Tensor] = {}  # the one extra parameter-sized buffer: w, for an exact restore
         self._overflow: Tensor | None = None  # fp16: True once a pass of this step had inf/nan gradients
         self.captured_e: dict[str, list[Tensor]] = {}  # e and what the forward applied, on capture steps
+        self.clip_norm: float | None = None  # set by the trainer (trainer.grad_clip): max ||d|| per step
 
     def watch(self, model: nn.Module, precision: MixedPrecision | None = None) -> None:
         """Tell the optimizer its model (BatchNorm layers, parameter names, the layers autocast casts) and,
@@ -212,6 +213,8 @@ class BaseSGD(torch.optim.Optimizer):
 
     def descend(self, params: list[Tensor], d: list[Tensor]) -> None:
         """Torch's own SGD update (foreach kernels), momentum buffers kept in `self.state`."""
+        if self.clip_norm is not None:  # clip_grad_norm_'s rule; a copy: captured g, g_s stay unclipped
+            d = torch._foreach_mul(d, torch.clamp(self.clip_norm / (global_norm(d) + 1e-6), max=1.0))
         by_id = {id(p): p for p in params}
         d_of = dict(zip(map(id, params), d))
         for group in self.param_groups:

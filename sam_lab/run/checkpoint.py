@@ -31,15 +31,17 @@ class CheckpointUnreadable(CheckpointMismatch):
     """The checkpoint exists but cannot be read."""
 
 
-def read(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU (mmap: tensors are read from disk only when touched)."""
+def read(path: Path, advice: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint on the CPU (mmap: tensors are read from disk only when touched). Every checkpoint
+    load goes through here (resume, `init_from`, `python -m sam_lab.evaluate`); `advice` ends the message."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - zip, pickle, EOF and OS errors all mean "damaged"
         first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+        advice = advice or f"restore a copy, or delete {path.parent.parent} to start the run over"
         raise CheckpointUnreadable(
             f"cannot read checkpoint {path} ({type(err).__name__}: {first}): the file is damaged or not a "
-            f"sam_lab checkpoint; restore a copy, or delete {path.parent.parent} to start the run over"
+            f"sam_lab checkpoint; {advice}"
         ) from err
 
 
@@ -91,6 +93,7 @@ def state_of(trainer: Trainer, position: dict | None = None, seconds: float = 0.
         "model_class": type(trainer.model).__name__,
         "optimizer_class": type(trainer.optimizer).__name__,
         "history": [r for r in read_records(trainer.metrics_path)[0] if r.get("epoch", 0) <= trainer.epoch],
+        "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
     }
 
 
@@ -102,6 +105,8 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     if trainer.best["state"] is not None:  # off the checkpoint's memory map, onto the device
         trainer.best["state"] = {k: v.to(trainer.device, copy=True) for k, v in trainer.best["state"].items()}
     trainer.position = state.get("position")
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng_cpu"].clone())
     if state["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.clone() for s in state["rng_cuda"]])
@@ -113,3 +118,11 @@ def history(state: dict[str, Any], metrics_path: Path) -> list[dict]:
     if "history" in state:
         return list(state["history"])
     return [r for r in read_records(metrics_path)[0] if r.get("epoch", 0) <= state["epoch"]]
+
+
+def init_from(trainer: Trainer, path: Path, state: dict[str, Any]) -> None:
+    """`init_from=<checkpoint>`: a new run starts from that checkpoint's model weights (read by `read`);
+    optimizer, scheduler and epoch start fresh, and the weight average (if any) starts from these weights."""
+    load_weights(path, trainer.model, state)
+    if trainer.ema is not None:
+        trainer.ema = type(trainer.ema)(trainer.model, trainer.cfg.trainer.ema_decay)

@@ -3,10 +3,18 @@ metrics.jsonl and summary.json: sam_lab.run.files).
 
 W&B must never hang or crash training: with no API key, an unreachable server or any error at start-up
 the logger warns and falls back to offline mode (files under the run directory), then to nothing.
+
+How a run looks in W&B (`run_identity`): a short unique name `<optimizer>-<model>-rho<rho>-s<seed>-<hash>`,
+one group per sweep (its directory), the optimizer as job type, the data/model/optimizer choices as tags and
+in the run config (`choices`), and no W&B console output inside sweeps. A resumed run continues the same W&B
+run (its id is in the checkpoint) and first re-logs the epochs W&B lost (`backfill`: a killed process takes
+the records W&B had not yet written with it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import netrc
 import os
 import socket
@@ -14,8 +22,15 @@ import threading
 import urllib.parse
 import warnings
 from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from sam_lab.run.files import jsonable
+from sam_lab.run.wandb_files import history_steps
+
+log = logging.getLogger(__name__)
 
 
 class NoLogger:
@@ -23,10 +38,23 @@ class NoLogger:
 
     run_id: str | None = None
 
-    def start(self, config: dict, run_dir: Path, name: str, run_id: str | None = None) -> None:
+    def start(
+        self,
+        config: dict,
+        run_dir: Path,
+        name: str | None = None,
+        run_id: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: list[str] | None = None,
+        quiet: bool = False,
+    ) -> None:
         pass
 
     def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def backfill(self, history: list[dict]) -> None:
         pass
 
     def log_image(self, key: str, path: Path, step: int) -> None:
@@ -37,6 +65,31 @@ class NoLogger:
 
     def finish(self, exit_code: int = 0) -> None:
         pass
+
+
+def run_identity(config: dict, choices: dict | None, run_dir: Path) -> dict[str, Any]:
+    """`start` keywords for a training run: name, group (the sweep directory in a multirun), job_type, tags,
+    quiet (inside sweeps), and the config with the composed choices added (so sam and asam runs differ)."""
+    picked = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra/") and v is not None}
+    parts = [picked.get("optimizer"), picked.get("model")]
+    if isinstance(config.get("optimizer"), dict) and "rho" in config["optimizer"]:
+        parts.append(f"rho{config['optimizer']['rho']:g}")  # the optimizer's own rho (an arm may set it)
+    parts.append(f"s{config.get('seed')}")
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:6]  # unique per run dir
+    group = None
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = Path(
+            HydraConfig.get().sweep.dir
+        )  # outputs/sweeps/<name> or outputs/sweeps/<experiment>/<time>
+        group = sweep.name if sweep.parent.name == "sweeps" else f"{sweep.parent.name}_{sweep.name}"
+    return {
+        "config": {**config, "choices": picked},
+        "name": "-".join(str(p) for p in parts if p is not None) + f"-{digest}",
+        "group": group,
+        "job_type": picked.get("optimizer"),
+        "tags": [str(picked[k]) for k in ("data", "model", "optimizer", "experiment") if k in picked],
+        "quiet": group is not None,
+    }
 
 
 def _has_wandb_key() -> bool:
@@ -94,9 +147,20 @@ class WandbLogger(NoLogger):
     ) -> None:
         self.project, self.entity, self.group, self.tags = project, entity, group, list(tags or [])
         self.mode, self.init_timeout, self.connect_timeout = mode, init_timeout, connect_timeout
-        self.run = None
+        self.run, self.run_dir = None, None
 
-    def start(self, config: dict, run_dir: Path, name: str, run_id: str | None = None) -> None:
+    def start(
+        self,
+        config: dict,
+        run_dir: Path,
+        name: str | None = None,
+        run_id: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: list[str] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
         try:
             import wandb
         except ImportError:
@@ -125,8 +189,9 @@ class WandbLogger(NoLogger):
                 self.run = wandb.init(
                     project=self.project,
                     entity=self.entity,
-                    group=self.group,
-                    tags=self.tags,
+                    group=self.group or group,  # logger.group set by the user wins
+                    job_type=job_type,
+                    tags=self.tags + [t for t in tags or [] if t not in self.tags] or None,
                     name=name,
                     config=config,
                     dir=str(run_dir),
@@ -134,7 +199,7 @@ class WandbLogger(NoLogger):
                     id=run_id,
                     resume="allow" if run_id else None,
                     reinit="create_new",
-                    settings=wandb.Settings(init_timeout=self.init_timeout, console="off"),
+                    settings=wandb.Settings(init_timeout=self.init_timeout, console="off", silent=quiet),
                 )
                 self.run_id = self.run.id
                 return
@@ -158,6 +223,25 @@ class WandbLogger(NoLogger):
 
     def log(self, metrics: dict, step: int) -> None:
         self._safe(lambda: self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step))
+
+    def backfill(self, history: list[dict]) -> None:
+        """Log the epochs of `history` (the resumed run's metrics.jsonl) that W&B does not have: online,
+        those from the server's next step on; offline, those in none of the run's local W&B files."""
+
+        def fill() -> None:
+            if self.run.settings.mode == "online":
+                have = set(range(self.run.starting_step))
+            else:
+                have = history_steps(self.run_dir, self.run.id)
+            missing = [r for r in history if r["epoch"] not in have]
+            for record in missing:
+                self.run.log({k: jsonable(v) for k, v in record.items()}, step=record["epoch"])
+            if missing:
+                log.info(
+                    "W&B: re-logged epochs %s from metrics.jsonl", ", ".join(str(r["epoch"]) for r in missing)
+                )
+
+        self._safe(fill)
 
     def log_image(self, key: str, path: Path, step: int) -> None:
         import wandb

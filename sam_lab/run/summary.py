@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +25,20 @@ def _mean(xs: list[float]) -> float | None:
 
 def _write(trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
     summary.update(trainer.extra_summary)
-    write_json_atomic(trainer.run_dir / "summary.json", summary, "summary")
+    path, kept = trainer.run_dir / "summary.json", {}
+    # what `python -m sam_lab.evaluate` recorded for the interrupted run stays (not its stale eval/* keys)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        kept = {"evaluations": json.loads(path.read_text())["evaluations"]}
+    write_json_atomic(path, {**summary, **kept}, "summary")
     trainer.logger.summary(summary)
     return summary
+
+
+def track_best(trainer: Trainer, record: dict, epoch: int) -> None:
+    """Keep a copy of the weights at the best val/acc so far (the best-val checkpoint)."""
+    if "val/acc" in record and record["val/acc"] > trainer.best["val/acc"]:
+        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.best = {"val/acc": record["val/acc"], "epoch": epoch, "state": state}
 
 
 def best_model(trainer: Trainer) -> nn.Module | None:
