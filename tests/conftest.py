@@ -66,3 +66,13 @@ TINY = [
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and far faster on a busy machine (no OpenMP spin-waiting); restored
+    afterwards for modules whose runs set their own thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

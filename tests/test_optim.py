@@ -55,17 +55,22 @@ def net_closure(opt, model, x, y):
     return closure
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_equals_torch_sgd(nesterov):
-    m1, m2 = small_net(), small_net()
-    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
-    o1, o2 = SGD(m1.parameters(), **kw), torch.optim.SGD(m2.parameters(), **kw)
-    for s in range(4):
+def same_steps(o1, m1, o2, m2, n: int = 4) -> None:
+    """n steps of two optimizers on the same batches end at bit-identical weights."""
+    for s in range(n):
         x, y = batch(s)
         o1.step(net_closure(o1, m1, x, y))
         o2.step(net_closure(o2, m2, x, y))
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_equals_torch_sgd(nesterov):
+    m1, m2 = small_net(), small_net()
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    o1, o2 = SGD(m1.parameters(), **kw), torch.optim.SGD(m2.parameters(), **kw)
+    same_steps(o1, m1, o2, m2)
 
 
 @pytest.mark.parametrize("bn", [False, True])
@@ -193,12 +198,7 @@ def test_sam_rho0_equals_torch_sgd_and_leaves_an_unused_layer_alone(nesterov):
     unused = copy.deepcopy(m1.unused.state_dict())
     kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     o1, o2 = SAM(m1.parameters(), rho=0.0, **kw), torch.optim.SGD(m2.parameters(), **kw)
-    for s in range(4):
-        x, y = batch(s)
-        o1.step(net_closure(o1, m1, x, y))
-        o2.step(net_closure(o2, m2, x, y))
-    for p, q in zip(m1.parameters(), m2.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    same_steps(o1, m1, o2, m2)
     for k, v in m1.unused.state_dict().items():  # no weight decay, no momentum: bit-identical
         assert torch.equal(v, unused[k])
     assert all(len(o1.state[p]) == 0 for p in m1.unused.parameters())

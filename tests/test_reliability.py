@@ -47,12 +47,7 @@ COMMON = [
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the reference runs in this process with one thread: same kernels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -27,31 +27,17 @@ def sharpness_of(
     """`cfg` is a `metrics.sharpness` node (sam_lab.config.SharpnessConfig); `on_hvp(n)` after each
     Hessian-vector product (progress)."""
     kw = dict(device=device, seed=cfg.seed, channels_last=channels_last)
+    common = dict(tol=cfg.tol, seed=cfg.seed, on_hvp=on_hvp)
     if value_of(cfg.protocol) == "per_batch":
         augment = dict(augment=cfg.per_batch_augment, cutout_p=cfg.per_batch_cutout_p)
         batches = sharpness.per_batch_batches(data, cfg.per_batch_count, cfg.per_batch_size, **augment, **kw)
         which = value_of(cfg.per_batch_which)
         metrics = sharpness.measure_per_batch(
-            model,
-            loss_fn,
-            batches,
-            top_k=cfg.per_batch_top_k,
-            tol=cfg.tol,
-            seed=cfg.seed,
-            which=which,
-            on_hvp=on_hvp,
+            model, loss_fn, batches, top_k=cfg.per_batch_top_k, which=which, **common
         )
         return sharpness.SharpnessResult(metrics)
     batches = sharpness.fixed_subset(data, cfg.num_samples, cfg.batch_size, **kw)
     steps = cfg.density_steps if cfg.density else 0
     return sharpness.measure(
-        model,
-        loss_fn,
-        batches,
-        top_k=cfg.top_k,
-        trace=cfg.trace,
-        tol=cfg.tol,
-        seed=cfg.seed,
-        density_steps=steps,
-        on_hvp=on_hvp,
+        model, loss_fn, batches, top_k=cfg.top_k, trace=cfg.trace, density_steps=steps, **common
     )
