@@ -140,7 +140,7 @@ BAD_ARGS = [
     (["--ref-workers", "-2"], "--ref-workers"),
     (["--models", "resnet18", "vgg11"], "invalid choice: 'vgg11'"),
     (["--optimizers", "sgd", "adamw"], "invalid choice: 'adamw'"),
-    (["--precision", "fp16"], "--precision"),
+    (["--precision", "fp8"], "--precision"),
     (["rho=-1"], "rho=-1"),
     (["no_such_key=1"], "no_such_key"),
 ]
