@@ -259,3 +259,25 @@ def test_random_draws_cover_crop_range():
     r = b._draw(0)
     assert set(r["dx"].tolist()) == set(range(9)) and 0.4 < r["flip"].float().mean() < 0.6
     assert np.array_equal(r["perm"].sort().values.numpy(), np.arange(400))
+
+
+def test_cutout_probability_is_a_data_option(tmp_path):
+    """data.augment.cutout_p reaches the training batches: about that fraction of images gets the square."""
+    from sam_lab.train import build
+    from tests.conftest import TINY, compose_cfg
+
+    over = [
+        *TINY,
+        "data.subset=256",
+        "data.augment.cutout=8",
+        "data.augment.crop=0",
+        "data.augment.flip=false",
+    ]
+    cut = {}
+    for p in (1.0, 0.5):
+        trainer = build(compose_cfg([*over, f"data.augment.cutout_p={p}"]), tmp_path / str(p))
+        plain = build(compose_cfg([*over, "data.augment.cutout=0"]), tmp_path / f"plain{p}")
+        x = torch.cat([b[0] for b in trainer.train_batches.epoch(1)])
+        y = torch.cat([b[0] for b in plain.train_batches.epoch(1)])
+        cut[p] = (x != y).flatten(1).any(1).float().mean().item()
+    assert cut[1.0] == 1.0 and 0.35 < cut[0.5] < 0.65, cut

@@ -57,6 +57,9 @@ class Augment:
     flip: bool = dataclasses.field(default=True, metadata={"range": Range(flag=True)})
     # side of a square zeroed after normalisation (DeVries & Taylor 2017); 0 = off
     cutout: int = dataclasses.field(default=0, metadata={"range": Range(0, integer=True)})
+    # probability that an image gets the cutout square (1 = every image, as the SAM paper; the reference
+    # PyTorch SAM code uses 0.5)
+    cutout_p: float = dataclasses.field(default=1.0, metadata={"range": Range(0.0, 1.0)})
 
     def __post_init__(self) -> None:
         check_values(dataclasses.asdict(self), ranges_of(Augment), "data.augment.")

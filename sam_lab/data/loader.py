@@ -77,10 +77,12 @@ class Batches:
         shuffle: bool = False,
         seed: int = 0,
         channels_last: bool = False,
-        cutout_p: float = 1.0,
+        cutout_p: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.augment = augment if augment is not None else Augment(crop=0, flip=False, cutout=0)
+        cutout_p = self.augment.cutout_p if cutout_p is None else cutout_p  # None: data.augment.cutout_p
         if not 0.0 <= cutout_p <= 1.0:
             raise ValueError(f"cutout_p must be in [0, 1], got {cutout_p}")
         self.cutout_p = cutout_p  # probability that an image gets the cutout square (1: every image)
@@ -89,7 +91,6 @@ class Batches:
         self.labels = data.labels.to(self.device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.channels_last = channels_last
-        self.augment = augment if augment is not None else Augment(crop=0, flip=False, cutout=0)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
