@@ -308,7 +308,7 @@ ROWS: list[Row] = [
     _unknown(
         "data.augment.rotate",
         "5",
-        "error: unknown key data.augment.rotate: data.augment takes crop, flip, cutout",
+        "error: unknown key data.augment.rotate: data.augment takes crop, flip, cutout, cutout_p",
         what="a misspelled `data.augment` key forced in with `+`",
     ),
     _unknown(
