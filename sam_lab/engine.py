@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from sam_lab.config import precision, progress, value_of
+from sam_lab.config import channels_last, precision, progress, value_of
 from sam_lab.data import Batches, DataBundle
 from sam_lab.ema import ema_of
 from sam_lab.metrics.density import plot_density
 from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.metrics.protocol import sharpness_of
 from sam_lab.metrics.running import Sums
+from sam_lab.models.layout import to_layout
 from sam_lab.optim.closure import batch_closure
 from sam_lab.optim.precision import MixedPrecision
 from sam_lab.run import checkpoint, faults, summary
@@ -59,8 +60,8 @@ class Trainer:
         self.logger, self.extra_summary = logger or NoLogger(), extra_summary or {}
         self.precision, self.progress = precision(cfg, device), progress(cfg)
         self.amp = MixedPrecision(self.precision, device.type)  # autocast; bf16/fp16 keep SAM's perturbation
-        self.channels_last = cfg.trainer.channels_last
-        self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else None)
+        self.channels_last = channels_last(cfg, device)
+        self.model = to_layout(model, device, self.channels_last)
         compile_ = cfg.trainer.compile and not optimizer.second_order  # no double backward through compile
         self.forward = torch.compile(self.model) if compile_ else self.model
         self.optimizer, self.scheduler, self.data = optimizer, scheduler, data

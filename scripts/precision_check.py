@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from sam_lab.data import Batches, load_digits, load_synthetic
 from sam_lab.metrics.grad_stats import grad_stats
 from sam_lab.models import resnet18
+from sam_lab.models.layout import to_layout
 from sam_lab.optim import SAM, SGD, MixedPrecision, frozen_bn
 from sam_lab.optim.closure import batch_closure
 from sam_lab.optim.precision import DTYPES
@@ -140,9 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         data = load_synthetic(num_train=max(2, a.batch * 2))
     kw = dict(mean=data.mean, std=data.std, device=device, channels_last=True, seed=a.seed)
     batches = Batches(data.train, a.batch, augment=data.augment, shuffle=True, **kw)
-    model = resnet18(num_classes=data.num_classes, width=a.width).to(
-        device, memory_format=torch.channels_last
-    )
+    model = to_layout(resnet18(num_classes=data.num_classes, width=a.width), device, channels_last=True)
     model.train()
     stream = (b for epoch in range(1, 10**6) for b in batches.epoch(epoch))
     sgd = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

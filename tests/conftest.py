@@ -3,8 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# oneDNN's AVX2 kernels on every x86 machine, this process and every subprocess: CI may land on an AVX2-only
+# CPU, where torch 2.13.0's oneDNN once crashed the suite (tests/test_platform.py). Set before torch loads.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from sam_lab.data import import_torchvision
+from sam_lab.models.layout import to_layout  # the conventional loop, NCHW; safe on every CPU
 
 
 class ReferenceSAM(torch.optim.Optimizer):
@@ -120,7 +121,7 @@ class ReferenceLoop:
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        self.model, self.device, self.sam = model.to(device), device, sam
+        self.model, self.device, self.sam = to_layout(model, device, False), device, sam
         kw = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.optimizer = (
             ReferenceSAM(model.parameters(), torch.optim.SGD, rho=rho, **kw)
