@@ -102,7 +102,8 @@ def test_gradients_of_one_step_equal_float64_with_the_avx2_kernels(width, tmp_pa
 def test_every_narrow_resnet_trains_on_cpu_with_the_default_settings(width, tmp_path):
     """The issue's command, through the CLI, with the AVX2 kernels (it used to exit 139/134 or hang)."""
     args = ["data=synthetic", "data.num_train=80", f"model.width={width}", "epochs=1", "batch_size=32"]
-    args += ["logger=none", "device=cpu", "metrics.sharpness.num_samples=32", f"hydra.run.dir={tmp_path / 'run'}"]
+    args += ["logger=none", "device=cpu", "metrics.sharpness.num_samples=32"]
+    args += [f"hydra.run.dir={tmp_path / 'run'}"]
     run = cli(args, tmp_path, timeout=300, env=AVX2)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
